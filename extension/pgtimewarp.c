@@ -1,0 +1,1679 @@
+/*-------------------------------------------------------------------------
+ *
+ * pgtimewarp.c
+ *		Time travel queries over WAL-derived row history.
+ *
+ * The history of each tracked table lives in a separate store database,
+ * written there by the pgtimewarp agent from the WAL.  This module answers
+ * questions about it from the source database: it resolves the table by
+ * regclass to (schema, table), turns the caller's JSON key into the store's
+ * canonical key, maps a timestamp to an LSN and reads the version that was
+ * visible there, all through foreign tables of postgres_fdw.
+ *
+ * Store access runs as the extension's owner (the only role with a user
+ * mapping for the store), after checking that the caller may SELECT the
+ * table; the caller never sees store credentials.
+ *
+ * Canonical encoding.  The store keeps every value as the text its type's
+ * output function produces under fixed settings (canonical_settings_begin),
+ * which round-trips every type exactly through its input function.  A key is
+ * the text[] of its primary key columns' values in key order.  The agent
+ * receives the same text from the walsender, whose session uses the same
+ * settings (agent/key.ts), so both sides agree byte for byte.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_publication.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "commands/dbcommands.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_type.h"
+#include "replication/message.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/pg_lsn.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/typcache.h"
+
+#include "pgtimewarp_compat.h"
+
+PG_MODULE_MAGIC;
+
+#define PGTW_EXTENSION_NAME		"pgtimewarp"
+#define PGTW_STORE_SERVER		"pgtimewarp_store"
+#define PGTW_PUBLICATION		"pgtimewarp"
+#define PGTW_MESSAGE_PREFIX		"pgtimewarp"
+
+/* A source table as the store knows it. */
+typedef struct TargetTable
+{
+	Oid			relid;
+	char	   *schema_name;
+	char	   *table_name;
+	char	   *display_name;	/* schema-qualified, quoted where needed */
+	int			npk;
+	AttrNumber *pk_attnums;		/* primary key columns in index order */
+	char	  **pk_names;
+} TargetTable;
+
+/* What the store says about a tracked table, and how far its history goes. */
+typedef struct Tracking
+{
+	char	   *node_id;
+	XLogRecPtr	from_lsn;
+	TimestampTz from_ts;
+	bool		untracked;
+	XLogRecPtr	untracked_lsn;
+	TimestampTz untracked_ts;
+	/* history is complete up to here: the agent's checkpoint or the baseline */
+	XLogRecPtr	horizon_lsn;
+	TimestampTz horizon_ts;
+	ArrayType  *pk_columns;
+} Tracking;
+
+/* One version of one row, copied out of SPI memory. */
+typedef struct RowVersion
+{
+	XLogRecPtr	from_lsn;
+	XLogRecPtr	to_lsn;			/* InvalidXLogRecPtr while open */
+	TimestampTz from_ts;
+	TimestampTz to_ts;
+	char	   *op;
+	Jsonb	   *row_data;		/* NULL for delete and truncate tombstones */
+} RowVersion;
+
+/* State saved while running SPI against the store as the extension owner. */
+typedef struct StoreSession
+{
+	Oid			saved_userid;
+	int			saved_sec_context;
+	int			guc_level;
+	MemoryContext caller_cxt;
+	ErrorContextCallback errcallback;
+} StoreSession;
+
+PG_FUNCTION_INFO_V1(pgtimewarp_track);
+PG_FUNCTION_INFO_V1(pgtimewarp_untrack);
+PG_FUNCTION_INFO_V1(pgtimewarp_asof_pk);
+PG_FUNCTION_INFO_V1(pgtimewarp_asof_pk_lsn);
+PG_FUNCTION_INFO_V1(pgtimewarp_asof_row);
+PG_FUNCTION_INFO_V1(pgtimewarp_diff_pk);
+PG_FUNCTION_INFO_V1(pgtimewarp_status);
+PG_FUNCTION_INFO_V1(pgtimewarp_pk_key);
+PG_FUNCTION_INFO_V1(pgtimewarp_canonical_text);
+
+/* ----------------------------------------------------------------
+ * Small helpers
+ * ----------------------------------------------------------------
+ */
+
+static void
+require_argument(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("argument \"%s\" of %s must not be null",
+						name, get_func_name(fcinfo->flinfo->fn_oid))));
+}
+
+static char *
+lsn_to_cstring(XLogRecPtr lsn)
+{
+	return psprintf("%X/%X", LSN_FORMAT_ARGS(lsn));
+}
+
+static char *
+timestamptz_to_cstring(TimestampTz ts)
+{
+	return DatumGetCString(DirectFunctionCall1(timestamptz_out,
+											   TimestampTzGetDatum(ts)));
+}
+
+static char *
+join_names(char **names, int n)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "", quote_identifier(names[i]));
+	return buf.data;
+}
+
+static bool
+is_tombstone(const char *op)
+{
+	return strcmp(op, "delete") == 0 || strcmp(op, "truncate") == 0;
+}
+
+/* ----------------------------------------------------------------
+ * Canonical output settings
+ *
+ * Text output of dates, times, intervals, floats and bytea depends on
+ * session settings.  The store must hold one spelling per value, so every
+ * value pgtimewarp writes or parses goes through these settings.  The agent
+ * sets the same ones on its replication connection (agent/key.ts).
+ * ----------------------------------------------------------------
+ */
+static const struct
+{
+	const char *name;
+	const char *value;
+}			canonical_settings[] =
+{
+	{"DateStyle", "ISO, YMD"},
+	{"IntervalStyle", "postgres"},
+	{"TimeZone", "UTC"},
+	{"extra_float_digits", "3"},
+	{"bytea_output", "hex"},
+};
+
+static int
+canonical_settings_begin(void)
+{
+	int			level = NewGUCNestLevel();
+
+	for (size_t i = 0; i < lengthof(canonical_settings); i++)
+		(void) set_config_option(canonical_settings[i].name,
+								 canonical_settings[i].value,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+static void
+canonical_settings_end(int level)
+{
+	AtEOXact_GUC(true, level);
+}
+
+/* ----------------------------------------------------------------
+ * Store access
+ * ----------------------------------------------------------------
+ */
+
+static Oid
+extension_owner(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			owner;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum(PGTW_EXTENSION_NAME));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension \"%s\" is not installed in this database",
+						PGTW_EXTENSION_NAME)));
+	owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+static void
+store_error_context(void *arg)
+{
+	errcontext("reading or writing the pgtimewarp store through foreign server \"%s\"",
+			   PGTW_STORE_SERVER);
+}
+
+/*
+ * Switch to the extension's owner, pin search_path and connect SPI.  Callers
+ * have already checked the invoking role's privileges on the source table.
+ */
+static void
+store_session_begin(StoreSession *ss)
+{
+	ss->caller_cxt = CurrentMemoryContext;
+	GetUserIdAndSecContext(&ss->saved_userid, &ss->saved_sec_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   ss->saved_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	ss->guc_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	ss->errcallback.callback = store_error_context;
+	ss->errcallback.arg = NULL;
+	ss->errcallback.previous = error_context_stack;
+	error_context_stack = &ss->errcallback;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+static void
+store_session_end(StoreSession *ss)
+{
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+	error_context_stack = ss->errcallback.previous;
+	AtEOXact_GUC(true, ss->guc_level);
+	SetUserIdAndSecContext(ss->saved_userid, ss->saved_sec_context);
+}
+
+/*
+ * Run one statement against the store (or the local config).  A store that
+ * cannot be reached is reported with what postgres_fdw said and what to
+ * check; any other error passes through with the store context attached.
+ */
+static void
+store_execute(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			  const char *nulls, bool read_only, long count, int expected)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile int ret = 0;
+
+	PG_TRY();
+	{
+		ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls,
+									read_only, count);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_CONNECTION_EXCEPTION)
+		{
+			FreeErrorData(edata);
+			PG_RE_THROW();
+		}
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not reach the pgtimewarp store"),
+				 errdetail("%s%s%s", edata->message,
+						   edata->detail ? ": " : "",
+						   edata->detail ? edata->detail : ""),
+				 errhint("Check that the store database is running and that foreign server \"%s\" and the user mapping of role \"%s\" point at it; \"pgtimewarp doctor\" checks both.",
+						 PGTW_STORE_SERVER,
+						 GetUserNameFromId(GetUserId(), false))));
+	}
+	PG_END_TRY();
+
+	if (ret != expected)
+		elog(ERROR, "store statement returned %s, expected %s: %s",
+			 SPI_result_code_string(ret), SPI_result_code_string(expected), sql);
+}
+
+/* Column `col` of row `row` of the last SPI result, copied to `cxt`. */
+static Datum
+spi_value(int row, int col, bool *isnull, MemoryContext cxt)
+{
+	Datum		value = SPI_getbinval(SPI_tuptable->vals[row],
+									  SPI_tuptable->tupdesc, col, isnull);
+	Form_pg_attribute attr = TupleDescAttr(SPI_tuptable->tupdesc, col - 1);
+	MemoryContext oldcxt;
+
+	if (*isnull)
+		return (Datum) 0;
+	oldcxt = MemoryContextSwitchTo(cxt);
+	value = datumCopy(value, attr->attbyval, attr->attlen);
+	MemoryContextSwitchTo(oldcxt);
+	return value;
+}
+
+/* The node id this database was configured with; needs a store session. */
+static char *
+configured_node_id(StoreSession *ss)
+{
+	bool		isnull;
+
+	store_execute("SELECT node_id FROM pgtimewarp.config",
+				  0, NULL, NULL, NULL, true, 1, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pgtimewarp is not configured in this database"),
+				 errdetail("No node id is set, so pgtimewarp does not know which history in the store belongs to this database."),
+				 errhint("Run \"pgtimewarp install\", or as the extension's owner run SELECT pgtimewarp_configure('<node id>').")));
+	return TextDatumGetCString(spi_value(0, 1, &isnull, ss->caller_cxt));
+}
+
+/* ----------------------------------------------------------------
+ * The source table
+ * ----------------------------------------------------------------
+ */
+
+/* Fill `target` from an open relation; errors if it has no primary key. */
+static void
+describe_target(Relation rel, TargetTable *target)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	pkrel;
+
+	target->relid = RelationGetRelid(rel);
+	target->schema_name = get_namespace_name(RelationGetNamespace(rel));
+	target->table_name = pstrdup(RelationGetRelationName(rel));
+	target->display_name = quote_qualified_identifier(target->schema_name,
+													  target->table_name);
+
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key", target->display_name),
+				 errdetail("pgtimewarp identifies the versions of a row by its primary key."),
+				 errhint("Add one with ALTER TABLE %s ADD PRIMARY KEY (...), then try again.",
+						 target->display_name)));
+
+	pkrel = index_open(pkoid, AccessShareLock);
+	target->npk = pkrel->rd_index->indnkeyatts;
+	target->pk_attnums = palloc(sizeof(AttrNumber) * target->npk);
+	target->pk_names = palloc(sizeof(char *) * target->npk);
+	for (int i = 0; i < target->npk; i++)
+	{
+		AttrNumber	attnum = pkrel->rd_index->indkey.values[i];
+
+		target->pk_attnums[i] = attnum;
+		target->pk_names[i] =
+			pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attname));
+	}
+	index_close(pkrel, AccessShareLock);
+}
+
+/*
+ * History is shown only of tables, and columns, the caller may SELECT now:
+ * the whole row, like SELECT *, or an error.
+ */
+static void
+check_select_privilege(TargetTable *target)
+{
+	Oid			userid = GetUserId();
+
+	if (pg_class_aclcheck(target->relid, userid, ACL_SELECT) == ACLCHECK_OK)
+		return;
+	if (pg_attribute_aclcheck_all(target->relid, userid, ACL_SELECT,
+								  ACLMASK_ALL) == ACLCHECK_OK)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for table %s", target->display_name),
+			 errdetail("pgtimewarp shows the history of a table only to roles that may SELECT all of its columns now."),
+			 errhint("Ask the table's owner for SELECT on %s.", target->display_name)));
+}
+
+/* Open a table for a history query: lock, describe, check privileges. */
+static Relation
+open_for_history(Oid relid, TargetTable *target)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errdetail("pgtimewarp keeps history of ordinary tables only.")));
+	describe_target(rel, target);
+	check_select_privilege(target);
+	return rel;
+}
+
+/* ----------------------------------------------------------------
+ * Keys
+ * ----------------------------------------------------------------
+ */
+
+/* The text a JSON scalar stands for, as the column's input function wants it. */
+static char *
+json_scalar_text(JsonbValue *v, const char *column, TargetTable *target)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return pnstrdup(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out,
+													   NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return pstrdup(v->val.boolean ? "true" : "false");
+		case jbvNull:
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("primary key column \"%s\" of table \"%s\" cannot be null",
+							column, target->display_name)));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("value of primary key column \"%s\" must be a JSON string, number or boolean",
+							column),
+					 errhint("Give the value as its text form, e.g. {\"%s\": \"...\"}.", column)));
+	}
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * The canonical store key of `pk`, a JSON object naming every primary key
+ * column once: text[] of each column's value, converted to the column's type
+ * with the caller's settings ({"id": 42} and {"id": "042"} are the same row)
+ * and written back out under the canonical settings.
+ */
+static ArrayType *
+encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	char	   *expected = join_names(target->pk_names, target->npk);
+	Datum	   *typed = palloc(sizeof(Datum) * target->npk);
+	Datum	   *elems = palloc(sizeof(Datum) * target->npk);
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			level;
+
+	if (JB_ROOT_IS_SCALAR(pk) || !JB_ROOT_IS_OBJECT(pk))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("primary key must be a JSON object"),
+				 errdetail("Table \"%s\" has primary key (%s).",
+						   target->display_name, expected),
+				 errhint("Pass the key as {\"column\": value, ...}, e.g. '{\"%s\": ...}'.",
+						 target->pk_names[0])));
+
+	/* Every key of the object must be a primary key column. */
+	it = JsonbIteratorInit(&pk->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		bool		known = false;
+
+		if (tok != WJB_KEY)
+			continue;
+		for (int i = 0; i < target->npk && !known; i++)
+			known = strlen(target->pk_names[i]) == (size_t) v.val.string.len &&
+				strncmp(target->pk_names[i], v.val.string.val, v.val.string.len) == 0;
+		if (!known)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("\"%.*s\" is not a primary key column of table \"%s\"",
+							(int) v.val.string.len, v.val.string.val,
+							target->display_name),
+					 errdetail("Table \"%s\" has primary key (%s).",
+							   target->display_name, expected),
+					 errhint("Name exactly the primary key columns in the key object.")));
+	}
+
+	/* Every primary key column must be given; convert with the caller's settings. */
+	for (int i = 0; i < target->npk; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, target->pk_attnums[i] - 1);
+		JsonbValue *jv = getKeyJsonValueFromContainer(&pk->root,
+													  target->pk_names[i],
+													  strlen(target->pk_names[i]),
+													  NULL);
+		Oid			typinput;
+		Oid			typioparam;
+
+		if (jv == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("primary key column \"%s\" is missing from the key",
+							target->pk_names[i]),
+					 errdetail("Table \"%s\" has primary key (%s).",
+							   target->display_name, expected),
+					 errhint("Name every primary key column in the key object.")));
+		getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
+		typed[i] = OidInputFunctionCall(typinput,
+										json_scalar_text(jv, target->pk_names[i], target),
+										typioparam, attr->atttypmod);
+	}
+
+	/* ... and write them out canonically. */
+	level = canonical_settings_begin();
+	for (int i = 0; i < target->npk; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, target->pk_attnums[i] - 1);
+		Oid			typoutput;
+		bool		isvarlena;
+
+		getTypeOutputInfo(attr->atttypid, &typoutput, &isvarlena);
+		elems[i] = CStringGetTextDatum(OidOutputFunctionCall(typoutput, typed[i]));
+	}
+	canonical_settings_end(level);
+
+	return construct_array(elems, target->npk, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+/* ----------------------------------------------------------------
+ * Tracking state and time resolution
+ * ----------------------------------------------------------------
+ */
+
+/* What the store says about `target`, or NULL when it was never tracked. */
+static Tracking *
+fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[3];
+	Tracking   *t;
+	bool		isnull;
+	Datum		d;
+
+	args[0] = CStringGetTextDatum(node_id);
+	args[1] = CStringGetTextDatum(target->schema_name);
+	args[2] = CStringGetTextDatum(target->table_name);
+	store_execute("SELECT r.pk_columns, r.tracked_from_lsn, r.tracked_from_ts,"
+				  "       r.untracked_lsn, r.untracked_ts,"
+				  "       c.confirmed_lsn, c.confirmed_ts"
+				  "  FROM pgtimewarp.tracked_relations r"
+				  "  LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
+				  " WHERE r.node_id = $1 AND r.schema_name = $2 AND r.table_name = $3",
+				  3, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return NULL;
+
+	t = MemoryContextAllocZero(ss->caller_cxt, sizeof(Tracking));
+	t->node_id = MemoryContextStrdup(ss->caller_cxt, node_id);
+	t->pk_columns = DatumGetArrayTypeP(spi_value(0, 1, &isnull, ss->caller_cxt));
+	t->from_lsn = DatumGetLSN(spi_value(0, 2, &isnull, ss->caller_cxt));
+	t->from_ts = DatumGetTimestampTz(spi_value(0, 3, &isnull, ss->caller_cxt));
+	d = spi_value(0, 4, &isnull, ss->caller_cxt);
+	t->untracked = !isnull;
+	if (t->untracked)
+	{
+		t->untracked_lsn = DatumGetLSN(d);
+		t->untracked_ts = DatumGetTimestampTz(spi_value(0, 5, &isnull, ss->caller_cxt));
+	}
+
+	t->horizon_lsn = t->from_lsn;
+	t->horizon_ts = t->from_ts;
+	d = spi_value(0, 6, &isnull, ss->caller_cxt);
+	if (!isnull && DatumGetLSN(d) > t->horizon_lsn)
+	{
+		t->horizon_lsn = DatumGetLSN(d);
+		t->horizon_ts = Max(t->horizon_ts,
+							DatumGetTimestampTz(spi_value(0, 7, &isnull, ss->caller_cxt)));
+	}
+	return t;
+}
+
+/*
+ * Tracking state of a table a history query is about.  Errors when the table
+ * is not tracked, or when its primary key is no longer the one the store's
+ * keys were made from.
+ */
+static Tracking *
+require_tracking(StoreSession *ss, TargetTable *target)
+{
+	char	   *node_id = configured_node_id(ss);
+	Tracking   *t = fetch_tracking(ss, node_id, target);
+	Datum	   *names;
+	int			nnames;
+	bool		same;
+
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is not tracked by pgtimewarp", target->display_name),
+				 errdetail("The store has no history of it for node \"%s\".", node_id),
+				 errhint("Start recording its history with SELECT pgtimewarp_track('%s').",
+						 target->display_name)));
+
+	deconstruct_array(t->pk_columns, TEXTOID, -1, false, TYPALIGN_INT,
+					  &names, NULL, &nnames);
+	same = nnames == target->npk;
+	for (int i = 0; same && i < nnames; i++)
+		same = strcmp(TextDatumGetCString(names[i]), target->pk_names[i]) == 0;
+	if (!same)
+	{
+		char	  **old = palloc(sizeof(char *) * nnames);
+
+		for (int i = 0; i < nnames; i++)
+			old[i] = TextDatumGetCString(names[i]);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("primary key of table \"%s\" changed since tracking began",
+						target->display_name),
+				 errdetail("History is keyed by (%s); the table's primary key is now (%s).",
+						   join_names(old, nnames),
+						   join_names(target->pk_names, target->npk)),
+				 errhint("Restore the original primary key to read this history.")));
+	}
+	return t;
+}
+
+static void
+error_before_tracking(TargetTable *target, Tracking *t, const char *asked)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("no history of table \"%s\" before %s",
+					target->display_name, timestamptz_to_cstring(t->from_ts)),
+			 errdetail("Tracking of table \"%s\" began at %s (LSN %s); %s is earlier.",
+					   target->display_name, timestamptz_to_cstring(t->from_ts),
+					   lsn_to_cstring(t->from_lsn), asked),
+			 errhint("Ask for a time at or after %s.", timestamptz_to_cstring(t->from_ts))));
+}
+
+/*
+ * Clamp `lsn` to the history that exists, warning when the answer may miss
+ * changes: beyond what the agent has stored, or after tracking stopped.
+ */
+static XLogRecPtr
+clamp_to_known_history(TargetTable *target, Tracking *t, XLogRecPtr lsn,
+					   bool beyond_horizon, const char *asked)
+{
+	if (t->untracked && lsn > t->untracked_lsn)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("tracking of table \"%s\" stopped at %s (LSN %s)",
+						target->display_name, timestamptz_to_cstring(t->untracked_ts),
+						lsn_to_cstring(t->untracked_lsn)),
+				 errdetail("The answer for %s is the row as it was when tracking stopped.",
+						   asked)));
+		return t->untracked_lsn;
+	}
+	if (beyond_horizon)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("history of table \"%s\" is complete only up to %s (LSN %s)",
+						target->display_name, timestamptz_to_cstring(t->horizon_ts),
+						lsn_to_cstring(t->horizon_lsn)),
+				 errdetail("%s is later than the last change the pgtimewarp agent has stored; later changes may be missing from the answer.",
+						   asked),
+				 errhint("Check that the agent is running and keeping up: \"pgtimewarp status\", \"pgtimewarp doctor\".")));
+	return lsn;
+}
+
+static XLogRecPtr
+check_lsn(TargetTable *target, Tracking *t, XLogRecPtr lsn)
+{
+	char	   *asked = psprintf("LSN %s", lsn_to_cstring(lsn));
+
+	if (lsn < t->from_lsn)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("no history of table \"%s\" before LSN %s",
+						target->display_name, lsn_to_cstring(t->from_lsn)),
+				 errdetail("Tracking of table \"%s\" began at %s (LSN %s); %s is earlier.",
+						   target->display_name, timestamptz_to_cstring(t->from_ts),
+						   lsn_to_cstring(t->from_lsn), asked),
+				 errhint("Ask for an LSN at or after %s.", lsn_to_cstring(t->from_lsn))));
+	return clamp_to_known_history(target, t, lsn, lsn > t->horizon_lsn, asked);
+}
+
+/*
+ * The LSN a timestamp stands for: that of the commit (or heartbeat) with the
+ * latest commit time <= ts, ties broken by the higher LSN.  LSN order decides
+ * visibility; commit times only name points in it.
+ */
+static XLogRecPtr
+resolve_time(StoreSession *ss, TargetTable *target, Tracking *t, TimestampTz ts)
+{
+	char	   *asked = timestamptz_to_cstring(ts);
+	Oid			argtypes[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	XLogRecPtr	lsn = t->from_lsn;
+	bool		isnull;
+
+	if (ts < t->from_ts)
+		error_before_tracking(target, t, asked);
+	if (ts > t->horizon_ts)
+		return clamp_to_known_history(target, t, t->horizon_lsn, true, asked);
+
+	args[0] = CStringGetTextDatum(t->node_id);
+	args[1] = TimestampTzGetDatum(ts);
+	store_execute("SELECT lsn FROM pgtimewarp.lsn_time_map"
+				  " WHERE node_id = $1 AND commit_ts <= $2"
+				  " ORDER BY commit_ts DESC, lsn DESC LIMIT 1",
+				  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		Datum		d = spi_value(0, 1, &isnull, ss->caller_cxt);
+
+		/* a skewed clock may name a commit before tracking; history starts at from_lsn */
+		lsn = Max(lsn, DatumGetLSN(d));
+	}
+	return clamp_to_known_history(target, t, lsn, false, asked);
+}
+
+/* ----------------------------------------------------------------
+ * Versions
+ * ----------------------------------------------------------------
+ */
+
+#define VERSION_COLUMNS \
+	"valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data"
+#define VERSION_KEY_MATCHES \
+	"node_id = $1 AND schema_name = $2 AND table_name = $3 AND pk = $4"
+
+static void
+version_from_spi(int row, RowVersion *v, MemoryContext cxt)
+{
+	bool		isnull;
+	Datum		d;
+
+	v->from_lsn = DatumGetLSN(spi_value(row, 1, &isnull, cxt));
+	d = spi_value(row, 2, &isnull, cxt);
+	v->to_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
+	v->from_ts = DatumGetTimestampTz(spi_value(row, 3, &isnull, cxt));
+	d = spi_value(row, 4, &isnull, cxt);
+	v->to_ts = isnull ? 0 : DatumGetTimestampTz(d);
+	v->op = TextDatumGetCString(spi_value(row, 5, &isnull, cxt));
+	d = spi_value(row, 6, &isnull, cxt);
+	v->row_data = isnull ? NULL : DatumGetJsonbP(d);
+}
+
+static void
+version_query_args(Tracking *t, TargetTable *target, ArrayType *key,
+				   Oid *argtypes, Datum *args)
+{
+	argtypes[0] = TEXTOID;
+	argtypes[1] = TEXTOID;
+	argtypes[2] = TEXTOID;
+	argtypes[3] = TEXTARRAYOID;
+	args[0] = CStringGetTextDatum(t->node_id);
+	args[1] = CStringGetTextDatum(target->schema_name);
+	args[2] = CStringGetTextDatum(target->table_name);
+	args[3] = PointerGetDatum(key);
+}
+
+/*
+ * The latest version of `key` that began at or before `lsn` (one index probe
+ * on the store's primary key), or false when there is none.
+ */
+static bool
+fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
+				 ArrayType *key, XLogRecPtr lsn, RowVersion *v)
+{
+	Oid			argtypes[5];
+	Datum		args[5];
+
+	version_query_args(t, target, key, argtypes, args);
+	argtypes[4] = LSNOID;
+	args[4] = LSNGetDatum(lsn);
+	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_versions"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $5"
+				  " ORDER BY valid_from_lsn DESC LIMIT 1",
+				  5, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return false;
+	version_from_spi(0, v, ss->caller_cxt);
+	return true;
+}
+
+/* row_data of the version visible at `lsn`, or NULL if the row did not exist. */
+static Jsonb *
+row_data_at(StoreSession *ss, Tracking *t, TargetTable *target,
+			ArrayType *key, XLogRecPtr lsn)
+{
+	RowVersion	v;
+
+	if (!fetch_version_at(ss, t, target, key, lsn, &v))
+		return NULL;
+	if (v.to_lsn != InvalidXLogRecPtr && v.to_lsn <= lsn)
+		return NULL;
+	return v.row_data;			/* NULL for a tombstone */
+}
+
+/* ----------------------------------------------------------------
+ * Stored rows back to typed values
+ * ----------------------------------------------------------------
+ */
+
+static int
+find_column(TupleDesc tupdesc, const char *name, int len)
+{
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
+
+		if (!attr->attisdropped &&
+			strlen(NameStr(attr->attname)) == (size_t) len &&
+			strncmp(NameStr(attr->attname), name, len) == 0)
+			return i;
+	}
+	return -1;
+}
+
+static Datum
+parse_stored_value(Form_pg_attribute attr, const char *text)
+{
+	Oid			typinput;
+	Oid			typioparam;
+
+	getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
+	return OidInputFunctionCall(typinput, (char *) text, typioparam, attr->atttypmod);
+}
+
+/*
+ * The columns of `tupdesc` from a stored row (column -> canonical text).
+ * Columns the version did not have (added later) are NULL.
+ */
+static void
+row_data_to_datums(Jsonb *row_data, TupleDesc tupdesc, Datum *values, bool *nulls)
+{
+	int			level = canonical_settings_begin();
+
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
+		JsonbValue *jv;
+
+		nulls[i] = true;
+		values[i] = (Datum) 0;
+		if (attr->attisdropped)
+			continue;
+		jv = getKeyJsonValueFromContainer(&row_data->root, NameStr(attr->attname),
+										  strlen(NameStr(attr->attname)), NULL);
+		if (jv == NULL || jv->type != jbvString)
+			continue;
+		values[i] = parse_stored_value(attr,
+									   pnstrdup(jv->val.string.val, jv->val.string.len));
+		nulls[i] = false;
+	}
+	canonical_settings_end(level);
+}
+
+/* Append a Jsonb document as the value of the current key. */
+static void
+push_jsonb_value(JsonbParseState **state, Jsonb *doc)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_SCALAR(doc))
+		JsonbExtractScalar(&doc->root, &v);
+	else
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &doc->root;
+		v.val.binary.len = VARSIZE(doc) - VARHDRSZ;
+	}
+	(void) pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* to_jsonb(value) for a value of type typid, as SQL would compute it. */
+static Jsonb *
+value_to_jsonb(Datum value, Oid typid, int32 typmod)
+{
+	FmgrInfo	flinfo;
+
+	/* to_jsonb looks at its call expression for the argument type */
+	fmgr_info(F_TO_JSONB, &flinfo);
+	flinfo.fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+										   list_make1(makeNullConst(typid, typmod, InvalidOid)),
+										   InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	return DatumGetJsonbP(FunctionCall1(&flinfo, value));
+}
+
+/*
+ * A stored row as the caller sees it: each value typed by the table's current
+ * column of that name, exactly as to_jsonb(row) would show it (numbers as
+ * numbers, json as json, timestamps in the session's time zone).  Columns the
+ * table no longer has keep their stored text.
+ */
+static Jsonb *
+row_data_to_json(Jsonb *row_data, TupleDesc tupdesc)
+{
+	int			n = JsonContainerSize(&row_data->root);
+	JsonbValue *keys = palloc(sizeof(JsonbValue) * n);
+	JsonbValue *raw = palloc(sizeof(JsonbValue) * n);
+	int		   *column = palloc(sizeof(int) * n);
+	Datum	   *typed = palloc(sizeof(Datum) * n);
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			count = 0;
+	int			level;
+
+	it = JsonbIteratorInit(&row_data->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			keys[count] = v;
+		else if (tok == WJB_VALUE)
+			raw[count++] = v;
+	}
+
+	/* parse under the canonical settings the text was written with ... */
+	level = canonical_settings_begin();
+	for (int i = 0; i < count; i++)
+	{
+		column[i] = find_column(tupdesc, keys[i].val.string.val, keys[i].val.string.len);
+		if (column[i] >= 0 && raw[i].type == jbvString)
+			typed[i] = parse_stored_value(TupleDescAttr(tupdesc, column[i]),
+										  pnstrdup(raw[i].val.string.val,
+												   raw[i].val.string.len));
+	}
+	canonical_settings_end(level);
+
+	/* ... and render with the caller's */
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < count; i++)
+	{
+		(void) pushJsonbValue(&state, WJB_KEY, &keys[i]);
+		if (column[i] >= 0 && raw[i].type == jbvString)
+		{
+			Form_pg_attribute attr = TupleDescAttr(tupdesc, column[i]);
+
+			push_jsonb_value(&state, value_to_jsonb(typed[i], attr->atttypid,
+													attr->atttypmod));
+		}
+		else
+			(void) pushJsonbValue(&state, WJB_VALUE, &raw[i]);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
+/* Whether column `name` differs between two stored rows (NULL: no row). */
+static bool
+column_differs(Jsonb *prev, Jsonb *cur, const char *name, int len)
+{
+	JsonbValue *a = prev ? getKeyJsonValueFromContainer(&prev->root, name, len, NULL) : NULL;
+	JsonbValue *b = cur ? getKeyJsonValueFromContainer(&cur->root, name, len, NULL) : NULL;
+
+	if (a == NULL || b == NULL)
+		return (a == NULL) != (b == NULL);
+	if (a->type != b->type)
+		return true;
+	if (a->type == jbvString)
+		return a->val.string.len != b->val.string.len ||
+			memcmp(a->val.string.val, b->val.string.val, a->val.string.len) != 0;
+	return false;				/* both JSON null */
+}
+
+static void
+add_if_changed(ArrayBuildState **acc, Jsonb *prev, Jsonb *cur,
+			   const char *name, int len)
+{
+	if (column_differs(prev, cur, name, len))
+		*acc = accumArrayResult(*acc, PointerGetDatum(cstring_to_text_with_len(name, len)),
+								false, TEXTOID, CurrentMemoryContext);
+}
+
+/*
+ * Columns whose value differs from the previous version, in the table's
+ * column order, then columns the table no longer has.  All columns of the
+ * row after an insert, a baseline, or a re-insert after a delete.
+ */
+static Datum
+changed_columns(TupleDesc tupdesc, Jsonb *prev, Jsonb *cur)
+{
+	ArrayBuildState *acc = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+	Jsonb	   *sides[2] = {cur, prev};
+
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
+
+		if (!attr->attisdropped)
+			add_if_changed(&acc, prev, cur, NameStr(attr->attname),
+						   strlen(NameStr(attr->attname)));
+	}
+	for (int s = 0; s < 2; s++)
+	{
+		JsonbIterator *it;
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+
+		if (sides[s] == NULL)
+			continue;
+		it = JsonbIteratorInit(&sides[s]->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok != WJB_KEY ||
+				find_column(tupdesc, v.val.string.val, v.val.string.len) >= 0)
+				continue;
+			/* a column only prev has is reported once, from the prev side */
+			if (s == 1 && cur != NULL &&
+				getKeyJsonValueFromContainer(&cur->root, v.val.string.val,
+											 v.val.string.len, NULL) != NULL)
+				continue;
+			add_if_changed(&acc, prev, cur, v.val.string.val, v.val.string.len);
+		}
+	}
+	return makeArrayResult(acc, CurrentMemoryContext);
+}
+
+/* ----------------------------------------------------------------
+ * As-of lookups
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * The stored row of `pk` at `at` (a timestamptz, or an LSN when by_lsn).
+ * Returns NULL when no row with that key existed then.
+ */
+static Jsonb *
+lookup_row(Relation rel, TargetTable *target,
+		   Jsonb *pk, Datum at, bool by_lsn)
+{
+	StoreSession ss;
+	ArrayType  *key = encode_pk(rel, target, pk);
+	Tracking   *t;
+	XLogRecPtr	lsn;
+	Jsonb	   *row;
+
+	store_session_begin(&ss);
+	t = require_tracking(&ss, target);
+	if (by_lsn)
+		lsn = check_lsn(target, t, DatumGetLSN(at));
+	else
+		lsn = resolve_time(&ss, target, t, DatumGetTimestampTz(at));
+	row = row_data_at(&ss, t, target, key, lsn);
+	store_session_end(&ss);
+	return row;
+}
+
+static Datum
+asof_pk_common(FunctionCallInfo fcinfo, bool by_lsn)
+{
+	TargetTable target;
+	Relation	rel;
+	Jsonb	   *row;
+	Jsonb	   *result;
+
+	require_argument(fcinfo, 0, "rel");
+	require_argument(fcinfo, 1, "pk");
+	require_argument(fcinfo, 2, "at");
+
+	rel = open_for_history(PG_GETARG_OID(0), &target);
+	row = lookup_row(rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn);
+	result = row ? row_data_to_json(row, RelationGetDescr(rel)) : NULL;
+	table_close(rel, AccessShareLock);
+
+	if (result == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(result);
+}
+
+Datum
+pgtimewarp_asof_pk(PG_FUNCTION_ARGS)
+{
+	return asof_pk_common(fcinfo, false);
+}
+
+Datum
+pgtimewarp_asof_pk_lsn(PG_FUNCTION_ARGS)
+{
+	return asof_pk_common(fcinfo, true);
+}
+
+Datum
+pgtimewarp_asof_row(PG_FUNCTION_ARGS)
+{
+	Oid			rowtype = get_fn_expr_argtype(fcinfo->flinfo, 0);
+	Oid			relid = OidIsValid(rowtype) ? typeidTypeRelid(rowtype) : InvalidOid;
+	TargetTable target;
+	Relation	rel;
+	Jsonb	   *row;
+	TupleDesc	tupdesc;
+	Datum	   *values;
+	bool	   *nulls;
+	HeapTuple	tuple;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("first argument of pgtimewarp_asof_row must be a table's row type, not %s",
+						OidIsValid(rowtype) ? format_type_be(rowtype) : "unknown"),
+				 errhint("Pass a typed NULL: SELECT * FROM pgtimewarp_asof_row(NULL::my_table, '{\"id\": 1}', now()).")));
+	require_argument(fcinfo, 1, "pk");
+	require_argument(fcinfo, 2, "at");
+
+	rel = open_for_history(relid, &target);
+	row = lookup_row(rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), false);
+	if (row == NULL)
+	{
+		table_close(rel, AccessShareLock);
+		PG_RETURN_NULL();
+	}
+
+	tupdesc = lookup_rowtype_tupdesc_copy(rowtype, -1);
+	values = palloc(sizeof(Datum) * tupdesc->natts);
+	nulls = palloc(sizeof(bool) * tupdesc->natts);
+	row_data_to_datums(row, tupdesc, values, nulls);
+	tuple = heap_form_tuple(tupdesc, values, nulls);
+	table_close(rel, AccessShareLock);
+	PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
+}
+
+/* ----------------------------------------------------------------
+ * Timelines
+ * ----------------------------------------------------------------
+ */
+
+Datum
+pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TargetTable target;
+	Relation	rel;
+	StoreSession ss;
+	ArrayType  *key;
+	Tracking   *t;
+	TimestampTz from_ts;
+	TimestampTz to_ts;
+	XLogRecPtr	from_lsn;
+	XLogRecPtr	to_lsn;
+	Oid			argtypes[6];
+	Datum		args[6];
+	RowVersion *versions;
+	RowVersion	previous;
+	bool		have_previous;
+	int			nversions;
+	TupleDesc	tupdesc;
+
+	require_argument(fcinfo, 0, "rel");
+	require_argument(fcinfo, 1, "pk");
+	require_argument(fcinfo, 2, "from_ts");
+	require_argument(fcinfo, 3, "to_ts");
+	from_ts = PG_GETARG_TIMESTAMPTZ(2);
+	to_ts = PG_GETARG_TIMESTAMPTZ(3);
+	if (from_ts > to_ts)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_ts must not be later than to_ts"),
+				 errdetail("from_ts is %s, to_ts is %s.",
+						   timestamptz_to_cstring(from_ts), timestamptz_to_cstring(to_ts)),
+				 errhint("Swap the two arguments.")));
+
+	pgtw_init_materialized_srf(fcinfo);
+	rel = open_for_history(PG_GETARG_OID(0), &target);
+	tupdesc = RelationGetDescr(rel);
+	key = encode_pk(rel, &target, PG_GETARG_JSONB_P(1));
+
+	store_session_begin(&ss);
+	t = require_tracking(&ss, &target);
+	from_lsn = resolve_time(&ss, &target, t, from_ts);
+	to_lsn = resolve_time(&ss, &target, t, to_ts);
+
+	/* every version that was current at some LSN in [from_lsn, to_lsn] */
+	version_query_args(t, &target, key, argtypes, args);
+	argtypes[4] = LSNOID;
+	args[4] = LSNGetDatum(from_lsn);
+	argtypes[5] = LSNOID;
+	args[5] = LSNGetDatum(to_lsn);
+	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_versions"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $6"
+				  "   AND (valid_to_lsn IS NULL OR valid_to_lsn > $5)"
+				  " ORDER BY valid_from_lsn",
+				  6, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
+	nversions = (int) SPI_processed;
+	versions = palloc(sizeof(RowVersion) * Max(nversions, 1));
+	for (int i = 0; i < nversions; i++)
+		version_from_spi(i, &versions[i], ss.caller_cxt);
+
+	/* the version before the first one, to tell what the first one changed */
+	have_previous = nversions > 0 && versions[0].from_lsn > 0 &&
+		fetch_version_at(&ss, t, &target, key, versions[0].from_lsn - 1, &previous);
+	store_session_end(&ss);
+
+	for (int i = 0; i < nversions; i++)
+	{
+		RowVersion *v = &versions[i];
+		Jsonb	   *prev_data = i > 0 ? versions[i - 1].row_data :
+			have_previous ? previous.row_data : NULL;
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+
+		values[0] = LSNGetDatum(v->from_lsn);
+		values[1] = LSNGetDatum(v->to_lsn);
+		nulls[1] = v->to_lsn == InvalidXLogRecPtr;
+		values[2] = TimestampTzGetDatum(v->from_ts);
+		values[3] = TimestampTzGetDatum(v->to_ts);
+		nulls[3] = nulls[1];
+		values[4] = CStringGetTextDatum(v->op);
+		if (v->row_data == NULL || is_tombstone(v->op))
+		{
+			nulls[5] = true;
+			nulls[6] = true;
+		}
+		else
+		{
+			values[5] = JsonbPGetDatum(row_data_to_json(v->row_data, tupdesc));
+			values[6] = changed_columns(tupdesc, prev_data, v->row_data);
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	table_close(rel, AccessShareLock);
+	return (Datum) 0;
+}
+
+/* ----------------------------------------------------------------
+ * Tracking
+ * ----------------------------------------------------------------
+ */
+
+/* Open a table to start or stop tracking it: the caller must own it. */
+static Relation
+open_for_tracking(Oid relid, LOCKMODE lockmode, TargetTable *target)
+{
+	Relation	rel = table_open(relid, lockmode);
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errdetail("pgtimewarp tracks ordinary tables only%s.",
+						   rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ?
+						   "; track each partition instead" : "")));
+	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("table \"%s\" is %s", RelationGetRelationName(rel),
+						rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP ?
+						"temporary" : "unlogged"),
+				 errdetail("Changes to temporary and unlogged tables are not written to the WAL, so pgtimewarp cannot see them.")));
+	if (!pgtw_table_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
+	describe_target(rel, target);
+	return rel;
+}
+
+/*
+ * Tell the agent, in the WAL and inside this transaction, that tracking of a
+ * table starts or stops.  A transactional message is decoded at this
+ * transaction's commit, in commit order, so the agent learns it before any
+ * later change to the table and never if the transaction rolls back.
+ */
+static void
+emit_tracking_message(const char *action, const char *node_id,
+					  TargetTable *target, XLogRecPtr lsn)
+{
+	StringInfoData msg;
+
+	initStringInfo(&msg);
+	appendStringInfo(&msg, "{\"action\": \"%s\", \"node_id\": ", action);
+	escape_json(&msg, node_id);
+	appendStringInfoString(&msg, ", \"schema_name\": ");
+	escape_json(&msg, target->schema_name);
+	appendStringInfoString(&msg, ", \"table_name\": ");
+	escape_json(&msg, target->table_name);
+	appendStringInfo(&msg, ", \"lsn\": \"%s\"}", lsn_to_cstring(lsn));
+	(void) LogLogicalMessage(PGTW_MESSAGE_PREFIX, msg.data, msg.len, true);
+}
+
+/*
+ * Add or drop the table in publication "pgtimewarp" when it exists (the
+ * agent's pgoutput stream reads it), inside this transaction so that the
+ * stream starts or stops carrying the table exactly at this commit.
+ */
+static void
+update_publication(TargetTable *target, bool add)
+{
+	Oid			pubid = get_publication_oid(PGTW_PUBLICATION, true);
+	bool		member;
+
+	if (!OidIsValid(pubid))
+		return;
+	if (GetPublication(pubid)->alltables)
+		return;
+	member = list_member_oid(GetRelationPublications(target->relid), pubid);
+	if (member == add)
+		return;
+	store_execute(psprintf("ALTER PUBLICATION %s %s TABLE %s",
+						   quote_identifier(PGTW_PUBLICATION),
+						   add ? "ADD" : "DROP", target->display_name),
+				  0, NULL, NULL, NULL, false, 0, SPI_OK_UTILITY);
+}
+
+/* The baseline: every current row as a version valid from `lsn`. */
+static void
+write_baseline(Relation rel, TargetTable *target, const char *node_id,
+			   XLogRecPtr lsn, TimestampTz ts)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	StringInfoData sql;
+	StringInfoData names;
+	StringInfoData values;
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, TEXTOID, LSNOID, TIMESTAMPTZOID};
+	Datum		args[5];
+	int			level;
+
+	initStringInfo(&names);
+	initStringInfo(&values);
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
+
+		/* generated columns are not in the WAL stream either */
+		if (attr->attisdropped || attr->attgenerated)
+			continue;
+		appendStringInfo(&names, "%s%s", names.len ? ", " : "",
+						 quote_literal_cstr(NameStr(attr->attname)));
+		appendStringInfo(&values, "%spgtimewarp.canonical_text(t.%s)",
+						 values.len ? ", " : "", quote_identifier(NameStr(attr->attname)));
+	}
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "INSERT INTO pgtimewarp.row_versions"
+						   " (node_id, schema_name, table_name, pk, valid_from_lsn,"
+						   "  valid_from_ts, op, row_data)"
+						   " SELECT $1, $2, $3, ARRAY[");
+	for (int i = 0; i < target->npk; i++)
+		appendStringInfo(&sql, "%spgtimewarp.canonical_text(t.%s)", i ? ", " : "",
+						 quote_identifier(target->pk_names[i]));
+	/* jsonb_object(keys, values) takes any number of columns */
+	appendStringInfo(&sql,
+					 "]::text[], $4, $5, 'baseline',"
+					 " jsonb_object(ARRAY[%s]::text[], ARRAY[%s]::text[])"
+					 " FROM ONLY %s AS t",
+					 names.data, values.data, target->display_name);
+
+	args[0] = CStringGetTextDatum(node_id);
+	args[1] = CStringGetTextDatum(target->schema_name);
+	args[2] = CStringGetTextDatum(target->table_name);
+	args[3] = LSNGetDatum(lsn);
+	args[4] = TimestampTzGetDatum(ts);
+	level = canonical_settings_begin();
+	store_execute(sql.data, 5, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+	canonical_settings_end(level);
+}
+
+/*
+ * pgtimewarp_track(rel regclass) RETURNS pg_lsn
+ *
+ * Concurrency: the table is locked in SHARE ROW EXCLUSIVE mode, which waits
+ * for every transaction writing it to finish and keeps new writers out until
+ * this transaction ends.  Under the lock, with a snapshot taken after it, the
+ * baseline sees every committed change; the current WAL insert position B is
+ * later than all of their commit records, and every later write commits after
+ * this transaction, so after B.  The table does not change in between, so
+ * the baseline is valid from B and the agent records exactly the changes
+ * whose commit LSN is > B: none lost, none doubled.  Writers wait while the
+ * baseline is copied.
+ */
+Datum
+pgtimewarp_track(PG_FUNCTION_ARGS)
+{
+	TargetTable target;
+	Relation	rel;
+	StoreSession ss;
+	char	   *node_id;
+	Tracking   *existing;
+	XLogRecPtr	start_lsn;
+	TimestampTz start_ts;
+	Oid			argtypes[9];
+	Datum		args[9];
+	char		sysid[32];
+
+	require_argument(fcinfo, 0, "rel");
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("pgtimewarp_track must run in a READ COMMITTED transaction"),
+				 errdetail("The baseline copy must see every change committed before the table is locked, and a REPEATABLE READ or SERIALIZABLE snapshot may be older than the lock."),
+				 errhint("Run it outside the REPEATABLE READ or SERIALIZABLE transaction.")));
+
+	rel = open_for_tracking(PG_GETARG_OID(0), ShareRowExclusiveLock, &target);
+
+	store_session_begin(&ss);
+	node_id = configured_node_id(&ss);
+	existing = fetch_tracking(&ss, node_id, &target);
+	if (existing && !existing->untracked)
+	{
+		store_session_end(&ss);
+		table_close(rel, NoLock);
+		ereport(NOTICE,
+				(errmsg("table \"%s\" is already tracked since %s (LSN %s)",
+						target.display_name, timestamptz_to_cstring(existing->from_ts),
+						lsn_to_cstring(existing->from_lsn))));
+		PG_RETURN_LSN(existing->from_lsn);
+	}
+	if (existing)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" was tracked before, until %s",
+						target.display_name, timestamptz_to_cstring(existing->untracked_ts)),
+				 errdetail("Its history from %s to %s is still in the store, and pgtimewarp cannot yet record a gap in a table's history.",
+						   timestamptz_to_cstring(existing->from_ts),
+						   timestamptz_to_cstring(existing->untracked_ts)),
+				 errhint("To start over, delete the old history from the store's tracked_relations and row_versions for node \"%s\", then track the table again.",
+						 node_id)));
+
+	start_lsn = GetXLogInsertRecPtr();
+	start_ts = GetCurrentTimestamp();
+	snprintf(sysid, sizeof(sysid), UINT64_FORMAT, GetSystemIdentifier());
+
+	argtypes[0] = TEXTOID;
+	args[0] = CStringGetTextDatum(node_id);
+	argtypes[1] = TEXTOID;
+	args[1] = CStringGetTextDatum(get_database_name(MyDatabaseId));
+	argtypes[2] = TEXTOID;
+	args[2] = CStringGetTextDatum(sysid);
+	store_execute("INSERT INTO pgtimewarp.nodes (node_id, database_name, system_identifier)"
+				  " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+				  3, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+
+	{
+		Datum	   *names = palloc(sizeof(Datum) * target.npk);
+
+		for (int i = 0; i < target.npk; i++)
+			names[i] = CStringGetTextDatum(target.pk_names[i]);
+		argtypes[1] = TEXTOID;
+		args[1] = CStringGetTextDatum(target.schema_name);
+		argtypes[2] = TEXTOID;
+		args[2] = CStringGetTextDatum(target.table_name);
+		argtypes[3] = OIDOID;
+		args[3] = ObjectIdGetDatum(target.relid);
+		argtypes[4] = TEXTARRAYOID;
+		args[4] = PointerGetDatum(construct_array(names, target.npk, TEXTOID,
+												  -1, false, TYPALIGN_INT));
+		argtypes[5] = LSNOID;
+		args[5] = LSNGetDatum(start_lsn);
+		argtypes[6] = TIMESTAMPTZOID;
+		args[6] = TimestampTzGetDatum(start_ts);
+		store_execute("INSERT INTO pgtimewarp.tracked_relations"
+					  " (node_id, schema_name, table_name, relid, pk_columns,"
+					  "  tracked_from_lsn, tracked_from_ts)"
+					  " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+					  7, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+	}
+
+	argtypes[1] = LSNOID;
+	args[1] = LSNGetDatum(start_lsn);
+	argtypes[2] = TIMESTAMPTZOID;
+	args[2] = TimestampTzGetDatum(start_ts);
+	store_execute("INSERT INTO pgtimewarp.lsn_time_map (node_id, lsn, commit_ts, is_heartbeat)"
+				  " VALUES ($1, $2, $3, false) ON CONFLICT DO NOTHING",
+				  3, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+
+	write_baseline(rel, &target, node_id, start_lsn, start_ts);
+	update_publication(&target, true);
+	store_session_end(&ss);
+
+	emit_tracking_message("track", node_id, &target, start_lsn);
+	table_close(rel, NoLock);
+	PG_RETURN_LSN(start_lsn);
+}
+
+/*
+ * pgtimewarp_untrack(rel regclass) RETURNS void
+ *
+ * History is complete up to the WAL insert position read here: the agent
+ * stops at this transaction's commit, which is later.
+ */
+Datum
+pgtimewarp_untrack(PG_FUNCTION_ARGS)
+{
+	TargetTable target;
+	Relation	rel;
+	StoreSession ss;
+	char	   *node_id;
+	Tracking   *existing;
+	XLogRecPtr	stop_lsn;
+	TimestampTz stop_ts;
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, TEXTOID, LSNOID, TIMESTAMPTZOID};
+	Datum		args[5];
+
+	require_argument(fcinfo, 0, "rel");
+	rel = open_for_tracking(PG_GETARG_OID(0), AccessShareLock, &target);
+
+	store_session_begin(&ss);
+	node_id = configured_node_id(&ss);
+	existing = fetch_tracking(&ss, node_id, &target);
+	if (existing == NULL || existing->untracked)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is not tracked by pgtimewarp", target.display_name),
+				 existing ? errdetail("Tracking stopped at %s.",
+									  timestamptz_to_cstring(existing->untracked_ts)) : 0,
+				 errhint("pgtimewarp_status() lists the tracked tables.")));
+
+	stop_lsn = GetXLogInsertRecPtr();
+	stop_ts = GetCurrentTimestamp();
+	args[0] = CStringGetTextDatum(node_id);
+	args[1] = CStringGetTextDatum(target.schema_name);
+	args[2] = CStringGetTextDatum(target.table_name);
+	args[3] = LSNGetDatum(stop_lsn);
+	args[4] = TimestampTzGetDatum(stop_ts);
+	store_execute("UPDATE pgtimewarp.tracked_relations"
+				  "   SET untracked_lsn = $4, untracked_ts = $5"
+				  " WHERE node_id = $1 AND schema_name = $2 AND table_name = $3",
+				  5, argtypes, args, NULL, false, 0, SPI_OK_UPDATE);
+	update_publication(&target, false);
+	store_session_end(&ss);
+
+	emit_tracking_message("untrack", node_id, &target, stop_lsn);
+	table_close(rel, NoLock);
+	PG_RETURN_VOID();
+}
+
+/* ----------------------------------------------------------------
+ * Status and helpers
+ * ----------------------------------------------------------------
+ */
+
+Datum
+pgtimewarp_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	StoreSession ss;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	int			ncols;
+
+	pgtw_init_materialized_srf(fcinfo);
+	ncols = rsinfo->setDesc->natts;
+
+	store_session_begin(&ss);
+	args[0] = CStringGetTextDatum(configured_node_id(&ss));
+	store_execute("WITH counts AS ("
+				  "  SELECT schema_name, table_name, count(*) AS n"
+				  "    FROM pgtimewarp.row_versions WHERE node_id = $1"
+				  "   GROUP BY schema_name, table_name)"
+				  " SELECT r.schema_name, r.table_name, r.untracked_lsn IS NULL,"
+				  "        r.tracked_from_lsn, r.tracked_from_ts, r.untracked_lsn,"
+				  "        coalesce(n.n, 0), c.confirmed_lsn, c.confirmed_ts,"
+				  "        pg_wal_lsn_diff(pg_current_wal_lsn(), c.confirmed_lsn)"
+				  "   FROM pgtimewarp.tracked_relations r"
+				  "   LEFT JOIN counts n USING (schema_name, table_name)"
+				  "   LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
+				  "  WHERE r.node_id = $1"
+				  "  ORDER BY r.schema_name, r.table_name",
+				  1, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
+	if (SPI_tuptable->tupdesc->natts != ncols)
+		elog(ERROR, "pgtimewarp_status query returned %d columns, expected %d",
+			 SPI_tuptable->tupdesc->natts, ncols);
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		Datum	   *values = palloc(sizeof(Datum) * ncols);
+		bool	   *nulls = palloc(sizeof(bool) * ncols);
+
+		for (int col = 0; col < ncols; col++)
+			values[col] = spi_value(row, col + 1, &nulls[col], ss.caller_cxt);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	store_session_end(&ss);
+	return (Datum) 0;
+}
+
+/* pgtimewarp_pk_key(rel regclass, pk jsonb) RETURNS text[] */
+Datum
+pgtimewarp_pk_key(PG_FUNCTION_ARGS)
+{
+	TargetTable target;
+	Relation	rel;
+	ArrayType  *key;
+
+	require_argument(fcinfo, 0, "rel");
+	require_argument(fcinfo, 1, "pk");
+	rel = open_for_history(PG_GETARG_OID(0), &target);
+	key = encode_pk(rel, &target, PG_GETARG_JSONB_P(1));
+	table_close(rel, AccessShareLock);
+	PG_RETURN_ARRAYTYPE_P(key);
+}
+
+/*
+ * pgtimewarp.canonical_text(anyelement) RETURNS text: the value's text
+ * output.  Callers set the canonical settings around the statement, once,
+ * rather than per value.
+ */
+Datum
+pgtimewarp_canonical_text(PG_FUNCTION_ARGS)
+{
+	FmgrInfo   *out = (FmgrInfo *) fcinfo->flinfo->fn_extra;
+
+	if (out == NULL)
+	{
+		Oid			typoutput;
+		bool		isvarlena;
+
+		getTypeOutputInfo(get_fn_expr_argtype(fcinfo->flinfo, 0), &typoutput, &isvarlena);
+		out = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(FmgrInfo));
+		fmgr_info_cxt(typoutput, out, fcinfo->flinfo->fn_mcxt);
+		fcinfo->flinfo->fn_extra = out;
+	}
+	PG_RETURN_TEXT_P(cstring_to_text(OutputFunctionCall(out, PG_GETARG_DATUM(0))));
+}
+
+#ifdef PGTW_NEED_MATERIALIZED_SRF
+void
+pgtw_init_materialized_srf(FunctionCallInfo fcinfo)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext oldcxt;
+	TupleDesc	tupdesc;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tuplestore_begin_heap(true, false, work_mem);
+	rsinfo->setDesc = CreateTupleDescCopy(tupdesc);
+	MemoryContextSwitchTo(oldcxt);
+}
+#endif

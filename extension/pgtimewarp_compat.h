@@ -1,0 +1,42 @@
+/*
+ * pgtimewarp_compat.h
+ *		The few places where PostgreSQL's internal API differs between the
+ *		major versions pgtimewarp aims to compile against (13 to 17).
+ *
+ * PostgreSQL 15 is what the project builds and tests on; the other branches
+ * are kept compiling in principle, so every version test lives here.
+ */
+#ifndef PGTIMEWARP_COMPAT_H
+#define PGTIMEWARP_COMPAT_H
+
+#include "access/xlogdefs.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+
+#if PG_VERSION_NUM < 130000
+#error "pgtimewarp needs PostgreSQL 13 or later"
+#endif
+
+/* LSN_FORMAT_ARGS appeared in 14. */
+#ifndef LSN_FORMAT_ARGS
+#define LSN_FORMAT_ARGS(lsn) ((uint32) ((lsn) >> 32)), ((uint32) (lsn))
+#endif
+
+/* 16 folded the per-object owner checks into object_ownercheck(). */
+#if PG_VERSION_NUM >= 160000
+#define pgtw_table_ownercheck(relid, roleid) \
+	object_ownercheck(RelationRelationId, (relid), (roleid))
+#else
+#define pgtw_table_ownercheck(relid, roleid) pg_class_ownercheck((relid), (roleid))
+#endif
+
+/* 15 named the materialize-mode SRF helper; 13 and 14 had SetSingleFuncCall's ancestor inline. */
+#if PG_VERSION_NUM >= 150000
+#define pgtw_init_materialized_srf(fcinfo) InitMaterializedSRF((fcinfo), 0)
+#else
+extern void pgtw_init_materialized_srf(FunctionCallInfo fcinfo);
+#define PGTW_NEED_MATERIALIZED_SRF 1
+#endif
+
+#endif							/* PGTIMEWARP_COMPAT_H */

@@ -25,7 +25,7 @@ CREATE FOREIGN TABLE pgtimewarp.nodes (
     node_id text NOT NULL,
     database_name text,
     system_identifier text,
-    created_at timestamptz
+    created_at timestamptz DEFAULT now()
 ) SERVER pgtimewarp_store OPTIONS (schema_name 'pgtimewarp_store', table_name 'nodes');
 
 CREATE FOREIGN TABLE pgtimewarp.tracked_relations (
@@ -65,18 +65,37 @@ CREATE FOREIGN TABLE pgtimewarp.wal_checkpoints (
     slot_name text NOT NULL,
     confirmed_lsn pg_lsn NOT NULL,
     confirmed_ts timestamptz NOT NULL,
-    updated_at timestamptz
+    updated_at timestamptz DEFAULT now()
 ) SERVER pgtimewarp_store OPTIONS (schema_name 'pgtimewarp_store', table_name 'wal_checkpoints');
 
+-- event_id is left out: the store generates it, and postgres_fdw would send
+-- an explicit NULL for it on INSERT.
 CREATE FOREIGN TABLE pgtimewarp.health_events (
-    event_id bigint,
     node_id text NOT NULL,
-    occurred_at timestamptz,
+    occurred_at timestamptz DEFAULT now(),
     severity text NOT NULL,
     kind text NOT NULL,
     message text NOT NULL,
     detail jsonb
 ) SERVER pgtimewarp_store OPTIONS (schema_name 'pgtimewarp_store', table_name 'health_events');
+
+-- The as-of probe reads the first row of a remote backward index scan
+-- ("... ORDER BY valid_from_lsn DESC" with the LIMIT applied locally).  A
+-- remote cursor runs only as far as the rows fetched, so fetching one row at a
+-- time makes the probe one index descent however many versions the key has.
+CREATE FOREIGN TABLE pgtimewarp.row_version_probe (
+    node_id text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    pk text[] COLLATE "C" NOT NULL,
+    valid_from_lsn pg_lsn NOT NULL,
+    valid_to_lsn pg_lsn,
+    valid_from_ts timestamptz NOT NULL,
+    valid_to_ts timestamptz,
+    op text NOT NULL,
+    row_data jsonb
+) SERVER pgtimewarp_store
+  OPTIONS (schema_name 'pgtimewarp_store', table_name 'row_versions', fetch_size '1');
 
 REVOKE ALL ON ALL TABLES IN SCHEMA pgtimewarp FROM PUBLIC;
 

@@ -113,7 +113,6 @@ typedef struct StoreSession
 	int			saved_sec_context;
 	int			guc_level;
 	MemoryContext caller_cxt;
-	ErrorContextCallback errcallback;
 } StoreSession;
 
 PG_FUNCTION_INFO_V1(pgtimewarp_track);
@@ -267,10 +266,14 @@ store_session_begin(StoreSession *ss)
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 
-	ss->errcallback.callback = store_error_context;
-	ss->errcallback.arg = NULL;
-	ss->errcallback.previous = error_context_stack;
-	error_context_stack = &ss->errcallback;
+	/*
+	 * Without table statistics the planner sorts remote rows locally;
+	 * every store query is written for an ORDER BY the store's indexes
+	 * answer, so have the store do it.
+	 */
+	(void) set_config_option("enable_sort", "off",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -281,7 +284,6 @@ store_session_end(StoreSession *ss)
 {
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
-	error_context_stack = ss->errcallback.previous;
 	AtEOXact_GUC(true, ss->guc_level);
 	SetUserIdAndSecContext(ss->saved_userid, ss->saved_sec_context);
 }
@@ -296,7 +298,13 @@ store_execute(const char *sql, int nargs, Oid *argtypes, Datum *values,
 			  const char *nulls, bool read_only, long count, int expected)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
+	ErrorContextCallback errcallback;
 	volatile int ret = 0;
+
+	errcallback.callback = store_error_context;
+	errcallback.arg = NULL;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 
 	PG_TRY();
 	{
@@ -326,6 +334,7 @@ store_execute(const char *sql, int nargs, Oid *argtypes, Datum *values,
 						 GetUserNameFromId(GetUserId(), false))));
 	}
 	PG_END_TRY();
+	error_context_stack = errcallback.previous;
 
 	if (ret != expected)
 		elog(ERROR, "store statement returned %s, expected %s: %s",
@@ -449,6 +458,13 @@ open_for_history(Oid relid, TargetTable *target)
  * ----------------------------------------------------------------
  */
 
+static void
+key_column_error_context(void *arg)
+{
+	errcontext("converting primary key column \"%s\" of the key given as JSON",
+			   (const char *) arg);
+}
+
 /* The text a JSON scalar stands for, as the column's input function wants it. */
 static char *
 json_scalar_text(JsonbValue *v, const char *column, TargetTable *target)
@@ -537,6 +553,7 @@ encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
 													  NULL);
 		Oid			typinput;
 		Oid			typioparam;
+		ErrorContextCallback errcallback;
 
 		if (jv == NULL)
 			ereport(ERROR,
@@ -546,10 +563,15 @@ encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
 					 errdetail("Table \"%s\" has primary key (%s).",
 							   target->display_name, expected),
 					 errhint("Name every primary key column in the key object.")));
+		errcallback.callback = key_column_error_context;
+		errcallback.arg = target->pk_names[i];
+		errcallback.previous = error_context_stack;
+		error_context_stack = &errcallback;
 		getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
 		typed[i] = OidInputFunctionCall(typinput,
 										json_scalar_text(jv, target->pk_names[i], target),
 										typioparam, attr->atttypmod);
+		error_context_stack = errcallback.previous;
 	}
 
 	/* ... and write them out canonically. */
@@ -679,13 +701,26 @@ error_before_tracking(TargetTable *target, Tracking *t, const char *asked)
 			 errhint("Ask for a time at or after %s.", timestamptz_to_cstring(t->from_ts))));
 }
 
+static void
+warn_beyond_horizon(TargetTable *target, Tracking *t, const char *asked)
+{
+	ereport(WARNING,
+			(errcode(ERRCODE_WARNING),
+			 errmsg("history of table \"%s\" is complete only up to %s (LSN %s)",
+					target->display_name, timestamptz_to_cstring(t->horizon_ts),
+					lsn_to_cstring(t->horizon_lsn)),
+			 errdetail("%s is later than the last change the pgtimewarp agent has stored; later changes may be missing from the answer.",
+					   asked),
+			 errhint("Check that the agent is running and keeping up: \"pgtimewarp status\", \"pgtimewarp doctor\".")));
+}
+
 /*
  * Clamp `lsn` to the history that exists, warning when the answer may miss
- * changes: beyond what the agent has stored, or after tracking stopped.
+ * changes: after tracking stopped, or beyond what the agent has stored.
  */
 static XLogRecPtr
 clamp_to_known_history(TargetTable *target, Tracking *t, XLogRecPtr lsn,
-					   bool beyond_horizon, const char *asked)
+					   const char *asked)
 {
 	if (t->untracked && lsn > t->untracked_lsn)
 	{
@@ -696,17 +731,10 @@ clamp_to_known_history(TargetTable *target, Tracking *t, XLogRecPtr lsn,
 						lsn_to_cstring(t->untracked_lsn)),
 				 errdetail("The answer for %s is the row as it was when tracking stopped.",
 						   asked)));
-		return t->untracked_lsn;
+		lsn = t->untracked_lsn;
 	}
-	if (beyond_horizon)
-		ereport(WARNING,
-				(errcode(ERRCODE_WARNING),
-				 errmsg("history of table \"%s\" is complete only up to %s (LSN %s)",
-						target->display_name, timestamptz_to_cstring(t->horizon_ts),
-						lsn_to_cstring(t->horizon_lsn)),
-				 errdetail("%s is later than the last change the pgtimewarp agent has stored; later changes may be missing from the answer.",
-						   asked),
-				 errhint("Check that the agent is running and keeping up: \"pgtimewarp status\", \"pgtimewarp doctor\".")));
+	if (lsn > t->horizon_lsn)
+		warn_beyond_horizon(target, t, asked);
 	return lsn;
 }
 
@@ -724,7 +752,7 @@ check_lsn(TargetTable *target, Tracking *t, XLogRecPtr lsn)
 						   target->display_name, timestamptz_to_cstring(t->from_ts),
 						   lsn_to_cstring(t->from_lsn), asked),
 				 errhint("Ask for an LSN at or after %s.", lsn_to_cstring(t->from_lsn))));
-	return clamp_to_known_history(target, t, lsn, lsn > t->horizon_lsn, asked);
+	return clamp_to_known_history(target, t, lsn, asked);
 }
 
 /*
@@ -743,8 +771,13 @@ resolve_time(StoreSession *ss, TargetTable *target, Tracking *t, TimestampTz ts)
 
 	if (ts < t->from_ts)
 		error_before_tracking(target, t, asked);
+	if (t->untracked && ts >= t->untracked_ts)
+		return clamp_to_known_history(target, t, PG_UINT64_MAX, asked);
 	if (ts > t->horizon_ts)
-		return clamp_to_known_history(target, t, t->horizon_lsn, true, asked);
+	{
+		warn_beyond_horizon(target, t, asked);
+		return t->horizon_lsn;
+	}
 
 	args[0] = CStringGetTextDatum(t->node_id);
 	args[1] = TimestampTzGetDatum(ts);
@@ -759,7 +792,7 @@ resolve_time(StoreSession *ss, TargetTable *target, Tracking *t, TimestampTz ts)
 		/* a skewed clock may name a commit before tracking; history starts at from_lsn */
 		lsn = Max(lsn, DatumGetLSN(d));
 	}
-	return clamp_to_known_history(target, t, lsn, false, asked);
+	return clamp_to_known_history(target, t, lsn, asked);
 }
 
 /* ----------------------------------------------------------------
@@ -817,7 +850,7 @@ fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
 	version_query_args(t, target, key, argtypes, args);
 	argtypes[4] = LSNOID;
 	args[4] = LSNGetDatum(lsn);
-	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_versions"
+	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
 				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $5"
 				  " ORDER BY valid_from_lsn DESC LIMIT 1",
 				  5, argtypes, args, NULL, true, 1, SPI_OK_SELECT);

@@ -57,7 +57,8 @@ CREATE FOREIGN TABLE pgtimewarp.lsn_time_map (
     node_id text NOT NULL,
     lsn pg_lsn NOT NULL,
     commit_ts timestamptz NOT NULL,
-    is_heartbeat boolean NOT NULL
+    resolve_ts timestamptz,         -- set by the store's trigger
+    is_heartbeat boolean NOT NULL DEFAULT false
 ) SERVER pgtimewarp_store OPTIONS (schema_name 'pgtimewarp_store', table_name 'lsn_time_map');
 
 CREATE FOREIGN TABLE pgtimewarp.wal_checkpoints (

@@ -756,9 +756,10 @@ check_lsn(TargetTable *target, Tracking *t, XLogRecPtr lsn)
 }
 
 /*
- * The LSN a timestamp stands for: that of the commit (or heartbeat) with the
- * latest commit time <= ts, ties broken by the higher LSN.  LSN order decides
- * visibility; commit times only name points in it.
+ * The LSN a timestamp stands for: that of the last commit (or heartbeat), in
+ * LSN order, whose commit time is <= ts, so that every commit made by ts is
+ * visible.  The store's resolve_ts makes that one index probe even when
+ * commit times are out of LSN order (migrations/1_create_store.sql).
  */
 static XLogRecPtr
 resolve_time(StoreSession *ss, TargetTable *target, Tracking *t, TimestampTz ts)
@@ -782,8 +783,8 @@ resolve_time(StoreSession *ss, TargetTable *target, Tracking *t, TimestampTz ts)
 	args[0] = CStringGetTextDatum(t->node_id);
 	args[1] = TimestampTzGetDatum(ts);
 	store_execute("SELECT lsn FROM pgtimewarp.lsn_time_map"
-				  " WHERE node_id = $1 AND commit_ts <= $2"
-				  " ORDER BY commit_ts DESC, lsn DESC LIMIT 1",
+				  " WHERE node_id = $1 AND resolve_ts <= $2"
+				  " ORDER BY resolve_ts DESC, lsn DESC LIMIT 1",
 				  2, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{

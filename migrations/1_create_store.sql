@@ -72,17 +72,50 @@ CREATE UNIQUE INDEX row_versions_one_open_version
     ON pgtimewarp_store.row_versions (node_id, schema_name, table_name, pk)
     WHERE valid_to_lsn IS NULL;
 
--- Commit LSN <-> commit time, plus heartbeats in idle periods.  A timestamp
--- resolves to the entry with the latest commit_ts <= it (ties: highest LSN).
+-- Commit LSN <-> commit time, plus heartbeats in idle periods.
+--
+-- A time t resolves to the last commit, in LSN order, whose commit time is
+-- <= t, so every commit made by t is visible.  Commit times are not in LSN
+-- order (concurrent commits take their timestamps before they queue for the
+-- WAL, and clocks step), so each entry also carries resolve_ts, the earliest
+-- commit time at or after its LSN.  resolve_ts never decreases with LSN, and
+-- "the highest LSN with commit_ts <= t" is "the highest LSN with
+-- resolve_ts <= t": one probe of lsn_time_map_resolve.  The trigger below
+-- keeps it right whoever inserts and in whatever order.
 CREATE TABLE pgtimewarp_store.lsn_time_map (
     node_id      text NOT NULL REFERENCES pgtimewarp_store.nodes ON DELETE CASCADE,
     lsn          pg_lsn NOT NULL,
     commit_ts    timestamptz NOT NULL,
+    resolve_ts   timestamptz NOT NULL,
     is_heartbeat boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (node_id, lsn)
+    PRIMARY KEY (node_id, lsn),
+    CHECK (resolve_ts <= commit_ts)
 );
-CREATE INDEX lsn_time_map_by_time
-    ON pgtimewarp_store.lsn_time_map (node_id, commit_ts, lsn);
+CREATE INDEX lsn_time_map_resolve
+    ON pgtimewarp_store.lsn_time_map (node_id, resolve_ts, lsn);
+
+CREATE FUNCTION pgtimewarp_store.lsn_time_map_resolve_ts()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- not later than any entry after it ...
+    NEW.resolve_ts := least(NEW.commit_ts,
+        (SELECT m.resolve_ts FROM pgtimewarp_store.lsn_time_map m
+          WHERE m.node_id = NEW.node_id AND m.lsn > NEW.lsn
+          ORDER BY m.lsn LIMIT 1));
+    -- ... and no entry before it is later than it
+    UPDATE pgtimewarp_store.lsn_time_map m
+       SET resolve_ts = NEW.resolve_ts
+     WHERE m.node_id = NEW.node_id AND m.resolve_ts > NEW.resolve_ts AND m.lsn < NEW.lsn;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER lsn_time_map_resolve_ts
+    BEFORE INSERT ON pgtimewarp_store.lsn_time_map
+    FOR EACH ROW EXECUTE FUNCTION pgtimewarp_store.lsn_time_map_resolve_ts();
 
 -- How far the agent has applied the WAL.  History of every tracked table is
 -- complete up to confirmed_lsn (commit time confirmed_ts).  Written in the

@@ -1,0 +1,8 @@
+--
+-- Drop what the suite created.
+--
+DROP SCHEMA fixture CASCADE;
+DROP USER MAPPING FOR CURRENT_USER SERVER pgtimewarp_store;
+DROP EXTENSION pgtimewarp;
+DROP EXTENSION postgres_fdw;
+DROP SCHEMA pgtimewarp_store CASCADE;

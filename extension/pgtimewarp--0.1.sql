@@ -200,3 +200,10 @@ AS 'MODULE_PATHNAME', 'pgtimewarp_canonical_text'
 LANGUAGE C STRICT STABLE;
 COMMENT ON FUNCTION pgtimewarp.canonical_text(anyelement) IS
     'text output of a value as the store keeps it';
+
+CREATE FUNCTION pgtimewarp.canonical_key_text(anyelement)
+RETURNS text
+AS 'MODULE_PATHNAME', 'pgtimewarp_canonical_key_text'
+LANGUAGE C STRICT STABLE;
+COMMENT ON FUNCTION pgtimewarp.canonical_key_text(anyelement) IS
+    'text of a primary key value as the store keys by it (numeric scale trimmed, float -0 as 0)';

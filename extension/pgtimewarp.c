@@ -124,6 +124,7 @@ PG_FUNCTION_INFO_V1(pgtimewarp_diff_pk);
 PG_FUNCTION_INFO_V1(pgtimewarp_status);
 PG_FUNCTION_INFO_V1(pgtimewarp_pk_key);
 PG_FUNCTION_INFO_V1(pgtimewarp_canonical_text);
+PG_FUNCTION_INFO_V1(pgtimewarp_canonical_key_text);
 
 /* ----------------------------------------------------------------
  * Small helpers
@@ -458,6 +459,28 @@ open_for_history(Oid relid, TargetTable *target)
  * ----------------------------------------------------------------
  */
 
+/*
+ * A key value in the one form the store keys by.  Values the type's equality
+ * treats as equal but prints differently would otherwise be different keys
+ * for the same row: numeric 1.5 and 1.50, float 0 and -0.  The agent applies
+ * the same rule to the text it decodes (agent/key.ts).
+ */
+static Datum
+normalize_key_value(Datum value, Oid typid)
+{
+	switch (getBaseType(typid))
+	{
+		case NUMERICOID:
+			return DirectFunctionCall1(numeric_trim_scale, value);
+		case FLOAT8OID:
+			return DatumGetFloat8(value) == 0.0 ? Float8GetDatum(0.0) : value;
+		case FLOAT4OID:
+			return DatumGetFloat4(value) == 0.0f ? Float4GetDatum(0.0f) : value;
+		default:
+			return value;
+	}
+}
+
 static void
 key_column_error_context(void *arg)
 {
@@ -583,7 +606,8 @@ encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
 		bool		isvarlena;
 
 		getTypeOutputInfo(attr->atttypid, &typoutput, &isvarlena);
-		elems[i] = CStringGetTextDatum(OidOutputFunctionCall(typoutput, typed[i]));
+		elems[i] = CStringGetTextDatum(OidOutputFunctionCall(typoutput,
+															 normalize_key_value(typed[i], attr->atttypid)));
 	}
 	canonical_settings_end(level);
 
@@ -1413,7 +1437,7 @@ write_baseline(Relation rel, TargetTable *target, const char *node_id,
 						   "  valid_from_ts, op, row_data)"
 						   " SELECT $1, $2, $3, ARRAY[");
 	for (int i = 0; i < target->npk; i++)
-		appendStringInfo(&sql, "%spgtimewarp.canonical_text(t.%s)", i ? ", " : "",
+		appendStringInfo(&sql, "%spgtimewarp.canonical_key_text(t.%s)", i ? ", " : "",
 						 quote_identifier(target->pk_names[i]));
 	/* jsonb_object(keys, values) takes any number of columns */
 	appendStringInfo(&sql,
@@ -1666,13 +1690,9 @@ pgtimewarp_pk_key(PG_FUNCTION_ARGS)
 	PG_RETURN_ARRAYTYPE_P(key);
 }
 
-/*
- * pgtimewarp.canonical_text(anyelement) RETURNS text: the value's text
- * output.  Callers set the canonical settings around the statement, once,
- * rather than per value.
- */
-Datum
-pgtimewarp_canonical_text(PG_FUNCTION_ARGS)
+/* Output function of a polymorphic function's first argument, cached. */
+static FmgrInfo *
+argument_output_function(FunctionCallInfo fcinfo)
 {
 	FmgrInfo   *out = (FmgrInfo *) fcinfo->flinfo->fn_extra;
 
@@ -1686,7 +1706,30 @@ pgtimewarp_canonical_text(PG_FUNCTION_ARGS)
 		fmgr_info_cxt(typoutput, out, fcinfo->flinfo->fn_mcxt);
 		fcinfo->flinfo->fn_extra = out;
 	}
-	PG_RETURN_TEXT_P(cstring_to_text(OutputFunctionCall(out, PG_GETARG_DATUM(0))));
+	return out;
+}
+
+/*
+ * pgtimewarp.canonical_text(anyelement) RETURNS text: a value's text output,
+ * as the store keeps column values.  pgtimewarp.canonical_key_text() is the
+ * same for key columns, normalized as encode_pk() does.  Callers set the
+ * canonical settings around the statement, once, rather than per value.
+ */
+Datum
+pgtimewarp_canonical_text(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(OutputFunctionCall(argument_output_function(fcinfo),
+														PG_GETARG_DATUM(0))));
+}
+
+Datum
+pgtimewarp_canonical_key_text(PG_FUNCTION_ARGS)
+{
+	Datum		value = normalize_key_value(PG_GETARG_DATUM(0),
+											get_fn_expr_argtype(fcinfo->flinfo, 0));
+
+	PG_RETURN_TEXT_P(cstring_to_text(OutputFunctionCall(argument_output_function(fcinfo),
+														value)));
 }
 
 #ifdef PGTW_NEED_MATERIALIZED_SRF

@@ -185,6 +185,13 @@ COMMENT ON FUNCTION pgtimewarp_status() IS
 
 -- Helpers ---------------------------------------------------------------
 
+CREATE FUNCTION pgtimewarp_forget(rel regclass)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'pgtimewarp_forget'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION pgtimewarp_forget(regclass) IS
+    'deletes the kept history of a table no longer tracked, so it can be tracked afresh; returns the number of row versions deleted';
+
 CREATE FUNCTION pgtimewarp_pk_key(rel regclass, pk jsonb)
 RETURNS text[]
 AS 'MODULE_PATHNAME', 'pgtimewarp_pk_key'

@@ -117,6 +117,7 @@ typedef struct StoreSession
 
 PG_FUNCTION_INFO_V1(pgtimewarp_track);
 PG_FUNCTION_INFO_V1(pgtimewarp_untrack);
+PG_FUNCTION_INFO_V1(pgtimewarp_forget);
 PG_FUNCTION_INFO_V1(pgtimewarp_asof_pk);
 PG_FUNCTION_INFO_V1(pgtimewarp_asof_pk_lsn);
 PG_FUNCTION_INFO_V1(pgtimewarp_asof_row);
@@ -919,14 +920,34 @@ find_column(TupleDesc tupdesc, const char *name, int len)
 	return -1;
 }
 
+static void
+stored_value_error_context(void *arg)
+{
+	errcontext("converting the stored value of column \"%s\" to the column's current type",
+			   (const char *) arg);
+}
+
+/*
+ * A stored value (canonical text) as a value of the column's current type.
+ * A column whose type changed since the version was written can fail here;
+ * the context names the column.
+ */
 static Datum
 parse_stored_value(Form_pg_attribute attr, const char *text)
 {
+	ErrorContextCallback errcallback;
 	Oid			typinput;
 	Oid			typioparam;
+	Datum		value;
 
+	errcallback.callback = stored_value_error_context;
+	errcallback.arg = NameStr(attr->attname);
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
-	return OidInputFunctionCall(typinput, (char *) text, typioparam, attr->atttypmod);
+	value = OidInputFunctionCall(typinput, (char *) text, typioparam, attr->atttypmod);
+	error_context_stack = errcallback.previous;
+	return value;
 }
 
 /*
@@ -1514,8 +1535,8 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 				 errdetail("Its history from %s to %s is still in the store, and pgtimewarp cannot yet record a gap in a table's history.",
 						   timestamptz_to_cstring(existing->from_ts),
 						   timestamptz_to_cstring(existing->untracked_ts)),
-				 errhint("To start over, delete the old history from the store's tracked_relations and row_versions for node \"%s\", then track the table again.",
-						 node_id)));
+				 errhint("To start over, delete the old history with SELECT pgtimewarp_forget('%s'), then track the table again.",
+						 target.display_name)));
 
 	start_lsn = GetXLogInsertRecPtr();
 	start_ts = GetCurrentTimestamp();
@@ -1623,6 +1644,59 @@ pgtimewarp_untrack(PG_FUNCTION_ARGS)
 	emit_tracking_message("untrack", node_id, &target, stop_lsn);
 	table_close(rel, NoLock);
 	PG_RETURN_VOID();
+}
+
+/*
+ * pgtimewarp_forget(rel regclass) RETURNS bigint
+ *
+ * Deletes the store's history of a table that is no longer tracked, so that
+ * it can be tracked afresh.  Returns the number of row versions deleted.
+ */
+Datum
+pgtimewarp_forget(PG_FUNCTION_ARGS)
+{
+	TargetTable target;
+	Relation	rel;
+	StoreSession ss;
+	char	   *node_id;
+	Tracking   *existing;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[3];
+	int64		versions;
+
+	require_argument(fcinfo, 0, "rel");
+	rel = open_for_tracking(PG_GETARG_OID(0), AccessShareLock, &target);
+
+	store_session_begin(&ss);
+	node_id = configured_node_id(&ss);
+	existing = fetch_tracking(&ss, node_id, &target);
+	if (existing == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the store has no history of table \"%s\"", target.display_name),
+				 errdetail("It was never tracked for node \"%s\", or its history was already deleted.",
+						   node_id)));
+	if (!existing->untracked)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is still tracked", target.display_name),
+				 errdetail("pgtimewarp_forget deletes only the history of tables no longer tracked."),
+				 errhint("Stop tracking it first with SELECT pgtimewarp_untrack('%s').",
+						 target.display_name)));
+
+	args[0] = CStringGetTextDatum(node_id);
+	args[1] = CStringGetTextDatum(target.schema_name);
+	args[2] = CStringGetTextDatum(target.table_name);
+	store_execute("DELETE FROM pgtimewarp.row_versions"
+				  " WHERE node_id = $1 AND schema_name = $2 AND table_name = $3",
+				  3, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+	versions = (int64) SPI_processed;
+	store_execute("DELETE FROM pgtimewarp.tracked_relations"
+				  " WHERE node_id = $1 AND schema_name = $2 AND table_name = $3",
+				  3, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+	store_session_end(&ss);
+	table_close(rel, NoLock);
+	PG_RETURN_INT64(versions);
 }
 
 /* ----------------------------------------------------------------

@@ -1,0 +1,88 @@
+// The canonical encoding of values and primary keys in the store.
+//
+// The store keeps every value as the text its type's output function prints
+// under fixed settings, and a row's key as the text[] of its primary key
+// columns' values in key order.  The extension computes keys from the JSON a
+// caller passes (pgtimewarp_pk_key() in extension/pgtimewarp.c); the agent
+// computes them from the text the walsender sends.  Both must agree byte for
+// byte, and test/e2e/key-encoding.test.ts checks that they do.
+//
+// The rule, in full:
+//   1. Values are printed under CANONICAL_SETTINGS.  The agent sets them on
+//      its replication connection, so the walsender's text already is
+//      canonical; the extension sets them around its own output calls.
+//   2. A key value is normalized first where its type's equality treats
+//      values as equal that print differently, so that both spellings find
+//      the same row: numeric drops trailing fractional zeros (1.50 -> 1.5),
+//      float4/float8 print negative zero as 0.  Domains follow their base type.
+//   3. The key is the array of those texts in primary key column order.
+
+/** Session settings under which values are printed, name -> value. */
+export const CANONICAL_SETTINGS: Readonly<Record<string, string>> = Object.freeze({
+  DateStyle: 'ISO, YMD',
+  IntervalStyle: 'postgres',
+  TimeZone: 'UTC',
+  extra_float_digits: '3',
+  bytea_output: 'hex',
+});
+
+/**
+ * The settings as a libpq `options` string ("-c name=value ..."), for the
+ * replication connection.  Spaces inside a value are escaped as libpq wants.
+ */
+export function canonicalOptions(): string {
+  return Object.entries(CANONICAL_SETTINGS)
+    .map(([name, value]) => `-c ${name}=${value.replace(/\\/g, '\\\\').replace(/ /g, '\\ ')}`)
+    .join(' ');
+}
+
+/** Type OIDs whose key values need normalizing (pg_type.oid, stable across versions). */
+export const NUMERIC_OID = 1700;
+export const FLOAT4_OID = 700;
+export const FLOAT8_OID = 701;
+
+/**
+ * The canonical key text of one key column's value, given the value's text
+ * output under CANONICAL_SETTINGS and the OID of the column's base type
+ * (a domain's base type, not the domain).
+ */
+export function canonicalKeyValue(text: string, baseTypeOid: number): string {
+  switch (baseTypeOid) {
+    case NUMERIC_OID:
+      return trimNumericScale(text);
+    case FLOAT4_OID:
+    case FLOAT8_OID:
+      return text === '-0' ? '0' : text;
+    default:
+      return text;
+  }
+}
+
+/**
+ * The store key of a row: its primary key columns' values (text output under
+ * CANONICAL_SETTINGS, in primary key order) with their base type OIDs.
+ */
+export function canonicalKey(values: readonly string[], baseTypeOids: readonly number[]): string[] {
+  if (values.length !== baseTypeOids.length) {
+    throw new Error(`key has ${values.length} values but ${baseTypeOids.length} column types`);
+  }
+  return values.map((text, i) => canonicalKeyValue(text, baseTypeOids[i] as number));
+}
+
+/**
+ * numeric's trim_scale() on numeric_out text: "1.50" -> "1.5", "2.000" -> "2".
+ * numeric_out never uses exponents and has no negative zero ("-0.00" cannot
+ * be printed), and NaN / Infinity have no fraction, so trimming the text is
+ * exactly trim_scale().
+ */
+function trimNumericScale(text: string): string {
+  const point = text.indexOf('.');
+  if (point < 0) {
+    return text;
+  }
+  let end = text.length;
+  while (end > point + 1 && text[end - 1] === '0') {
+    end--;
+  }
+  return end === point + 1 ? text.slice(0, point) : text.slice(0, end);
+}

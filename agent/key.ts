@@ -24,6 +24,8 @@ export const CANONICAL_SETTINGS: Readonly<Record<string, string>> = Object.freez
   TimeZone: 'UTC',
   extra_float_digits: '3',
   bytea_output: 'hex',
+  xmloption: 'content',
+  lc_monetary: 'C',
 });
 
 /**

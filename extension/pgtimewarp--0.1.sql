@@ -104,10 +104,19 @@ REVOKE ALL ON ALL TABLES IN SCHEMA pgtimewarp FROM PUBLIC;
 
 CREATE FUNCTION pgtimewarp_configure(node_id text)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO pgtimewarp.config (node_id) VALUES ($1)
+BEGIN
+    IF node_id IS NULL OR node_id !~ '^[A-Za-z0-9_.-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid pgtimewarp node id %', coalesce(quote_literal(node_id), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A node id is 1 to 63 letters, digits, underscores, dots or hyphens.',
+                  HINT = 'Use the node id the store knows this database by, e.g. the one "pgtimewarp install" printed.';
+    END IF;
+    INSERT INTO pgtimewarp.config (node_id) VALUES (node_id)
     ON CONFLICT (singleton) DO UPDATE SET node_id = EXCLUDED.node_id;
+END;
 $$;
 REVOKE ALL ON FUNCTION pgtimewarp_configure(text) FROM PUBLIC;
 COMMENT ON FUNCTION pgtimewarp_configure(text) IS

@@ -78,6 +78,12 @@ typedef struct TargetTable
 	int			npk;
 	AttrNumber *pk_attnums;		/* primary key columns in index order */
 	char	  **pk_names;
+	/*
+	 * Whether the caller may see stored columns the table no longer has
+	 * (dropped or renamed since): only with SELECT on the whole table, as
+	 * nobody can grant a column that is gone.
+	 */
+	bool		show_former_columns;
 } TargetTable;
 
 /* What the store says about a tracked table, and how far its history goes. */
@@ -192,6 +198,8 @@ static const struct
 	{"TimeZone", "UTC"},
 	{"extra_float_digits", "3"},
 	{"bytea_output", "hex"},
+	{"xmloption", "content"},
+	{"lc_monetary", "C"},
 };
 
 static int
@@ -427,7 +435,9 @@ check_select_privilege(TargetTable *target)
 {
 	Oid			userid = GetUserId();
 
-	if (pg_class_aclcheck(target->relid, userid, ACL_SELECT) == ACLCHECK_OK)
+	target->show_former_columns =
+		pg_class_aclcheck(target->relid, userid, ACL_SELECT) == ACLCHECK_OK;
+	if (target->show_former_columns)
 		return;
 	if (pg_attribute_aclcheck_all(target->relid, userid, ACL_SELECT,
 								  ACLMASK_ALL) == ACLCHECK_OK)
@@ -439,6 +449,16 @@ check_select_privilege(TargetTable *target)
 			 errhint("Ask the table's owner for SELECT on %s.", target->display_name)));
 }
 
+static char *
+relation_display_name(Relation rel)
+{
+	/* pg_temp_N means nothing to the user; a temporary table has one name */
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		return pstrdup(quote_identifier(RelationGetRelationName(rel)));
+	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+									  RelationGetRelationName(rel));
+}
+
 /* Open a table for a history query: lock, describe, check privileges. */
 static Relation
 open_for_history(Oid relid, TargetTable *target)
@@ -448,7 +468,7 @@ open_for_history(Oid relid, TargetTable *target)
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errmsg("\"%s\" is not a table", relation_display_name(rel)),
 				 errdetail("pgtimewarp keeps history of ordinary tables only.")));
 	describe_target(rel, target);
 	check_select_privilege(target);
@@ -923,14 +943,16 @@ find_column(TupleDesc tupdesc, const char *name, int len)
 static void
 stored_value_error_context(void *arg)
 {
-	errcontext("converting the stored value of column \"%s\" to the column's current type",
-			   (const char *) arg);
+	Form_pg_attribute attr = (Form_pg_attribute) arg;
+
+	errcontext("reading the stored value of column \"%s\" as type %s",
+			   NameStr(attr->attname), format_type_be(attr->atttypid));
 }
 
 /*
  * A stored value (canonical text) as a value of the column's current type.
  * A column whose type changed since the version was written can fail here;
- * the context names the column.
+ * the context names the column and the type.
  */
 static Datum
 parse_stored_value(Form_pg_attribute attr, const char *text)
@@ -941,7 +963,7 @@ parse_stored_value(Form_pg_attribute attr, const char *text)
 	Datum		value;
 
 	errcallback.callback = stored_value_error_context;
-	errcallback.arg = NameStr(attr->attname);
+	errcallback.arg = attr;
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 	getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
@@ -1014,10 +1036,11 @@ value_to_jsonb(Datum value, Oid typid, int32 typmod)
  * A stored row as the caller sees it: each value typed by the table's current
  * column of that name, exactly as to_jsonb(row) would show it (numbers as
  * numbers, json as json, timestamps in the session's time zone).  Columns the
- * table no longer has keep their stored text.
+ * table no longer has keep their stored text, and are shown only when
+ * show_former_columns.
  */
 static Jsonb *
-row_data_to_json(Jsonb *row_data, TupleDesc tupdesc)
+row_data_to_json(Jsonb *row_data, TupleDesc tupdesc, bool show_former_columns)
 {
 	int			n = JsonContainerSize(&row_data->root);
 	JsonbValue *keys = palloc(sizeof(JsonbValue) * n);
@@ -1056,6 +1079,8 @@ row_data_to_json(Jsonb *row_data, TupleDesc tupdesc)
 	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	for (int i = 0; i < count; i++)
 	{
+		if (column[i] < 0 && !show_former_columns)
+			continue;
 		(void) pushJsonbValue(&state, WJB_KEY, &keys[i]);
 		if (column[i] >= 0 && raw[i].type == jbvString)
 		{
@@ -1098,11 +1123,12 @@ add_if_changed(ArrayBuildState **acc, Jsonb *prev, Jsonb *cur,
 
 /*
  * Columns whose value differs from the previous version, in the table's
- * column order, then columns the table no longer has.  All columns of the
+ * column order, then columns the table no longer has (if the caller may see
+ * them, as in row_data_to_json).  All columns of the
  * row after an insert, a baseline, or a re-insert after a delete.
  */
 static Datum
-changed_columns(TupleDesc tupdesc, Jsonb *prev, Jsonb *cur)
+changed_columns(TupleDesc tupdesc, Jsonb *prev, Jsonb *cur, bool show_former_columns)
 {
 	ArrayBuildState *acc = initArrayResult(TEXTOID, CurrentMemoryContext, false);
 	Jsonb	   *sides[2] = {cur, prev};
@@ -1115,7 +1141,7 @@ changed_columns(TupleDesc tupdesc, Jsonb *prev, Jsonb *cur)
 			add_if_changed(&acc, prev, cur, NameStr(attr->attname),
 						   strlen(NameStr(attr->attname)));
 	}
-	for (int s = 0; s < 2; s++)
+	for (int s = 0; s < 2 && show_former_columns; s++)
 	{
 		JsonbIterator *it;
 		JsonbValue	v;
@@ -1184,7 +1210,7 @@ asof_pk_common(FunctionCallInfo fcinfo, bool by_lsn)
 
 	rel = open_for_history(PG_GETARG_OID(0), &target);
 	row = lookup_row(rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn);
-	result = row ? row_data_to_json(row, RelationGetDescr(rel)) : NULL;
+	result = row ? row_data_to_json(row, RelationGetDescr(rel), target.show_former_columns) : NULL;
 	table_close(rel, AccessShareLock);
 
 	if (result == NULL)
@@ -1217,6 +1243,9 @@ pgtimewarp_asof_row(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	HeapTuple	tuple;
 
+	/* a composite type or a view's row type names a relation too, but no table */
+	if (OidIsValid(relid) && get_rel_relkind(relid) != RELKIND_RELATION)
+		relid = InvalidOid;
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
@@ -1336,8 +1365,10 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 		}
 		else
 		{
-			values[5] = JsonbPGetDatum(row_data_to_json(v->row_data, tupdesc));
-			values[6] = changed_columns(tupdesc, prev_data, v->row_data);
+			values[5] = JsonbPGetDatum(row_data_to_json(v->row_data, tupdesc,
+														target.show_former_columns));
+			values[6] = changed_columns(tupdesc, prev_data, v->row_data,
+										target.show_former_columns);
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -1354,24 +1385,35 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 static Relation
 open_for_tracking(Oid relid, LOCKMODE lockmode, TargetTable *target)
 {
-	Relation	rel = table_open(relid, lockmode);
+	Relation	rel;
+
+	/* before the lock, as LOCK TABLE does: a non-owner must not queue writers */
+	if (!pgtw_table_ownercheck(relid, GetUserId()))
+	{
+		char	   *relname = get_rel_name(relid);
+
+		if (relname == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("relation with OID %u does not exist", relid)));
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, relname);
+	}
+	rel = table_open(relid, lockmode);
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errmsg("\"%s\" is not a table", relation_display_name(rel)),
 				 errdetail("pgtimewarp tracks ordinary tables only%s.",
 						   rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ?
 						   "; track each partition instead" : "")));
 	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("table \"%s\" is %s", RelationGetRelationName(rel),
+				 errmsg("table \"%s\" is %s", relation_display_name(rel),
 						rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP ?
 						"temporary" : "unlogged"),
 				 errdetail("Changes to temporary and unlogged tables are not written to the WAL, so pgtimewarp cannot see them.")));
-	if (!pgtw_table_ownercheck(relid, GetUserId()))
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
 	describe_target(rel, target);
 	return rel;
 }
@@ -1704,6 +1746,23 @@ pgtimewarp_forget(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------
  */
 
+/*
+ * Whether pgtimewarp_status() shows a tracked table to `caller`: when it may
+ * SELECT the table (all columns), as for its history; a table that no longer
+ * exists only to roles with the extension owner's privileges.
+ */
+static bool
+status_visible_to(Oid caller, const char *schema_name, const char *table_name)
+{
+	Oid			nspid = get_namespace_oid(schema_name, true);
+	Oid			relid = OidIsValid(nspid) ? get_relname_relid(table_name, nspid) : InvalidOid;
+
+	if (!OidIsValid(relid))
+		return has_privs_of_role(caller, extension_owner());
+	return pg_class_aclcheck(relid, caller, ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(relid, caller, ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK;
+}
+
 Datum
 pgtimewarp_status(PG_FUNCTION_ARGS)
 {
@@ -1742,6 +1801,9 @@ pgtimewarp_status(PG_FUNCTION_ARGS)
 
 		for (int col = 0; col < ncols; col++)
 			values[col] = spi_value(row, col + 1, &nulls[col], ss.caller_cxt);
+		if (!status_visible_to(ss.saved_userid, TextDatumGetCString(values[0]),
+							   TextDatumGetCString(values[1])))
+			continue;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	store_session_end(&ss);

@@ -98,9 +98,12 @@ describe('canonical key encoding', () => {
   it('uses the settings it names on the agent connection', async () => {
     const res = await agentSide.query<{ s: string }>(
       `SELECT string_agg(name || '=' || setting, ';' ORDER BY name) AS s FROM pg_settings
-        WHERE name IN ('DateStyle', 'IntervalStyle', 'TimeZone', 'extra_float_digits', 'bytea_output')`,
+        WHERE name IN ('DateStyle', 'IntervalStyle', 'TimeZone', 'extra_float_digits', 'bytea_output',
+                       'xmloption', 'lc_monetary')`,
     );
-    expect(res.rows[0]?.s).toBe('DateStyle=ISO, YMD;IntervalStyle=postgres;TimeZone=UTC;bytea_output=hex;extra_float_digits=3');
+    expect(res.rows[0]?.s).toBe(
+      'DateStyle=ISO, YMD;IntervalStyle=postgres;TimeZone=UTC;bytea_output=hex;extra_float_digits=3;lc_monetary=C;xmloption=content',
+    );
   });
 
   for (const [index, { type, values }] of CASES.entries()) {

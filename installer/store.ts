@@ -22,7 +22,12 @@ const BOOKKEEPING_MIGRATION_ID = 0;
  */
 export async function migrateStore(connectionString: string): Promise<string[]> {
   const client = new pg.Client({ connectionString });
-  await client.connect();
+  try {
+    await client.connect();
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new Error(`could not connect to the store database ${redactPassword(connectionString)}: ${reason}`);
+  }
   try {
     const applied = await migrate({ client }, migrationsDir);
     return applied
@@ -30,5 +35,16 @@ export async function migrateStore(connectionString: string): Promise<string[]> 
       .map((migration) => migration.fileName);
   } finally {
     await client.end();
+  }
+}
+
+/** A connection URL safe to print: any password replaced by "***". */
+export function redactPassword(connectionString: string): string {
+  try {
+    const url = new URL(connectionString);
+    if (url.password) url.password = '***';
+    return url.toString();
+  } catch {
+    return '(unparsable connection string)';
   }
 }

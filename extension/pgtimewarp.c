@@ -43,6 +43,7 @@
 #include "nodes/makefuncs.h"
 #include "parser/parse_type.h"
 #include "replication/message.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -1520,6 +1521,29 @@ write_baseline(Relation rel, TargetTable *target, const char *node_id,
 }
 
 /*
+ * The baseline must hold only committed rows.  Changes this transaction has
+ * already made to the table would be copied into it as if they had happened
+ * before tracking began, and decoded again at this transaction's commit.
+ * Every write leaves the transaction holding RowExclusiveLock on the table
+ * (TRUNCATE and ALTER TABLE, AccessExclusiveLock), so that tells exactly.
+ */
+static void
+refuse_if_written_here(Oid relid)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, relid);
+	if (LockHeldByMe(&tag, RowExclusiveLock) || LockHeldByMe(&tag, AccessExclusiveLock))
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("pgtimewarp_track must run before this transaction changes table \"%s\"",
+						quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												   get_rel_name(relid))),
+				 errdetail("This transaction has already modified or locked the table; its uncommitted changes would be recorded as if they had happened before tracking began."),
+				 errhint("Commit or roll back those changes, then call pgtimewarp_track in a transaction of its own.")));
+}
+
+/*
  * pgtimewarp_track(rel regclass) RETURNS pg_lsn
  *
  * Concurrency: the table is locked in SHARE ROW EXCLUSIVE mode, which waits
@@ -1554,6 +1578,7 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 				 errdetail("The baseline copy must see every change committed before the table is locked, and a REPEATABLE READ or SERIALIZABLE snapshot may be older than the lock."),
 				 errhint("Run it outside the REPEATABLE READ or SERIALIZABLE transaction.")));
 
+	refuse_if_written_here(PG_GETARG_OID(0));
 	rel = open_for_tracking(PG_GETARG_OID(0), ShareRowExclusiveLock, &target);
 
 	store_session_begin(&ss);

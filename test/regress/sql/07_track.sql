@@ -50,6 +50,25 @@ ROLLBACK;
 SELECT count(*) FROM pgtimewarp_store.tracked_relations WHERE table_name = 'track_rolled_back';
 SELECT count(*) FROM pg_publication_tables WHERE tablename = 'track_rolled_back';
 
+-- a transaction that already changed the table cannot track it: its
+-- uncommitted changes would land in the baseline, dated before they happen
+BEGIN;
+INSERT INTO track_rolled_back VALUES (1);
+SELECT pgtimewarp_track('track_rolled_back');
+ROLLBACK;
+BEGIN;
+TRUNCATE track_rolled_back;
+SELECT pgtimewarp_track('track_rolled_back');
+ROLLBACK;
+-- reading it first is fine, and so is a change rolled back to a savepoint
+BEGIN;
+SELECT count(*) FROM track_rolled_back;
+SAVEPOINT before_insert;
+INSERT INTO track_rolled_back VALUES (1);
+ROLLBACK TO before_insert;
+SELECT pgtimewarp_track('track_rolled_back') IS NOT NULL AS tracked;
+ROLLBACK;
+
 -- untrack: history stays, the table leaves the publication
 SELECT pgtimewarp_untrack('track_t');
 SELECT untracked_lsn >= tracked_from_lsn AS stopped_after_start

@@ -1,0 +1,71 @@
+// pgtimewarp set up on one throwaway cluster, as the installer sets it up on
+// a real host: a source database with the extension, a store database with
+// the store schema, and the extension's foreign server pointed at the store.
+// No slot and no agent: tests that need them add them.
+
+import type pg from 'pg';
+
+import { migrateStore } from '../../installer/store.js';
+import type { Cluster } from './cluster.js';
+
+export interface TimewarpOptions {
+  /** Database whose tables are tracked; created here. Default "source". */
+  sourceDb?: string;
+  /** Database holding the store schema; created here. Default "store". */
+  storeDb?: string;
+  /** Node id passed to pgtimewarp_configure(). Default "e2e". */
+  nodeId?: string;
+}
+
+export interface Timewarp {
+  /** Connected to the source database as the superuser; the caller ends it. */
+  source: pg.Client;
+  sourceUrl: string;
+  storeUrl: string;
+  nodeId: string;
+}
+
+/** Quote an identifier for SQL (the database names are ours, but be exact). */
+function ident(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Quote a string literal for SQL. */
+function literal(value: string): string {
+  return `'${value.replace(/'/g, "''")}'`;
+}
+
+/**
+ * Create the source and store databases on `cluster`, migrate the store,
+ * and install and configure the extension in the source.  The foreign
+ * server reaches the store over the cluster's unix socket; the user mapping
+ * is the superuser's, which owns the extension.
+ */
+export async function setupTimewarp(cluster: Cluster, opts: TimewarpOptions = {}): Promise<Timewarp> {
+  const sourceDb = opts.sourceDb ?? 'source';
+  const storeDb = opts.storeDb ?? 'store';
+  const nodeId = opts.nodeId ?? 'e2e';
+
+  // CREATE DATABASE cannot run inside a transaction block: one psql call each.
+  await cluster.psql(`CREATE DATABASE ${ident(sourceDb)}`);
+  await cluster.psql(`CREATE DATABASE ${ident(storeDb)}`);
+  const sourceUrl = cluster.url(sourceDb);
+  const storeUrl = cluster.url(storeDb);
+  await migrateStore(storeUrl);
+
+  const source = await cluster.connect(sourceDb);
+  try {
+    await source.query('CREATE EXTENSION pgtimewarp CASCADE');
+    // ALTER SERVER takes no parameters: the options are literals.
+    await source.query(
+      `ALTER SERVER pgtimewarp_store OPTIONS (ADD host ${literal(cluster.socketDir)}, ` +
+        `ADD port ${literal(String(cluster.port))}, ADD dbname ${literal(storeDb)})`,
+    );
+    await source.query('CREATE USER MAPPING FOR CURRENT_USER SERVER pgtimewarp_store');
+    await source.query('SELECT pgtimewarp_configure($1)', [nodeId]);
+  } catch (err) {
+    await source.end();
+    throw err;
+  }
+  return { source, sourceUrl, storeUrl, nodeId };
+}

@@ -173,12 +173,6 @@ join_names(char **names, int n)
 	return buf.data;
 }
 
-static bool
-is_tombstone(const char *op)
-{
-	return strcmp(op, "delete") == 0 || strcmp(op, "truncate") == 0;
-}
-
 /* ----------------------------------------------------------------
  * Canonical output settings
  *
@@ -1359,7 +1353,8 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 		values[3] = TimestampTzGetDatum(v->to_ts);
 		nulls[3] = nulls[1];
 		values[4] = CStringGetTextDatum(v->op);
-		if (v->row_data == NULL || is_tombstone(v->op))
+		/* delete and truncate tombstones: the store keeps no row data for them */
+		if (v->row_data == NULL)
 		{
 			nulls[5] = true;
 			nulls[6] = true;

@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['test/e2e/**/*.test.ts'],
+    include: ['test/unit/**/*.test.ts', 'test/e2e/**/*.test.ts'],
     // Each file starts real PostgreSQL clusters; child processes (forks) let
     // cluster.ts stop them from its exit and signal hooks.
     pool: 'forks',

@@ -1,0 +1,346 @@
+// Transaction assembly: decoded changes in, the row versions one committed
+// transaction produces out.  Pure logic; the store writer applies the result.
+//
+// Semantics (DESIGN.md, "Semantics" and "Hard cases"):
+// - Every version a transaction writes carries its commit LSN, so several
+//   changes of one key in one transaction make one version: its state at
+//   commit.  A key inserted and deleted in the same transaction leaves none.
+// - A version's op comes from the key's first change in the transaction: a
+//   first INSERT means the row did not exist before, so "insert"; anything
+//   else means it did, so "update", or "delete" / "truncate" if it is gone at
+//   commit.
+// - A primary-key change closes the old key (a "delete" tombstone) and opens
+//   the new one ("insert").
+// - TRUNCATE closes every open version of the table; keys written after it
+//   in the same transaction get versions as usual.
+// - A column an UPDATE left unchanged and TOASTed is not sent: its value is
+//   taken from earlier in the transaction when known, else marked for the
+//   writer to carry forward from the key's previous version in the store
+//   (the baseline guarantees there is one).
+// - Only tables tracked at the commit count: commit LSN > tracked_from_lsn,
+//   and, once untracked, commit LSN <= untracked_lsn.  pgtimewarp_track and
+//   _untrack announce themselves with transactional messages (prefix
+//   "pgtimewarp"), which arrive in commit order like any change.
+
+import {
+  UNCHANGED_TOAST,
+  type ColumnValue,
+  type DecodedMessage,
+  type Lsn,
+  type RelationInfo,
+  type RowImage,
+  lsnFromText,
+} from './decode.js';
+import { canonicalKey } from './key.js';
+
+export const TRACKING_MESSAGE_PREFIX = 'pgtimewarp';
+
+/** A tracked table, as tracked_relations has it. */
+export interface TrackedTable {
+  schema: string;
+  table: string;
+  /** Primary key columns, in key order (tracked_relations.pk_columns). */
+  pkColumns: string[];
+  trackedFromLsn: Lsn;
+  untrackedLsn: Lsn | null;
+}
+
+/** What the assembler needs to know about tables and types. */
+export interface Catalog {
+  tracked(schema: string, table: string): TrackedTable | undefined;
+  /** The base type OID of a type OID (a domain's base type, else itself). */
+  baseType(typeOid: number): number;
+}
+
+export type VersionOp = 'insert' | 'update' | 'delete' | 'truncate';
+
+/** One version to write, valid from the transaction's commit LSN. */
+export interface VersionWrite {
+  schema: string;
+  table: string;
+  /** Canonical key (agent/key.ts). */
+  pk: string[];
+  op: VersionOp;
+  /** Column -> text output or null; null for delete and truncate. */
+  rowData: Record<string, string | null> | null;
+  /**
+   * Columns whose value the stream did not send (unchanged TOAST) and that
+   * were not set earlier in the transaction: take them from the key's
+   * previous version in the store.
+   */
+  carryColumns: string[];
+  /** Key whose previous version holds the carried values (the old key after a key change). */
+  carryFromPk: string[] | null;
+}
+
+/** A tracking change announced in the stream. */
+export interface TrackingEvent {
+  action: 'track' | 'untrack';
+  nodeId: string;
+  schema: string;
+  table: string;
+  lsn: Lsn;
+}
+
+export interface AssembledTransaction {
+  xid: number;
+  commitLsn: Lsn;
+  endLsn: Lsn;
+  commitTime: Date;
+  /** Tables truncated by this transaction: close all their other open versions. */
+  truncated: Array<{ schema: string; table: string }>;
+  versions: VersionWrite[];
+  tracking: TrackingEvent[];
+}
+
+/** The state of one key within the open transaction. */
+interface KeyState {
+  schema: string;
+  table: string;
+  pk: string[];
+  /** The key's first change in this transaction was an INSERT. */
+  bornHere: boolean;
+  /** Row at this point of the transaction, or null once deleted. */
+  row: Map<string, ColumnValue> | null;
+  goneBy: 'delete' | 'truncate' | null;
+  carryFromPk: string[] | null;
+}
+
+export class AssemblyError extends Error {}
+
+/**
+ * Feed it the decoded messages of the stream in order; it returns an
+ * AssembledTransaction at each commit.
+ */
+export class TransactionAssembler {
+  private open: {
+    xid: number;
+    finalLsn: Lsn;
+    keys: Map<string, KeyState>;
+    truncated: Map<string, { schema: string; table: string }>;
+    tracking: TrackingEvent[];
+  } | null = null;
+
+  constructor(private readonly catalog: Catalog) {}
+
+  /** The transaction if `message` commits one, else null. */
+  push(message: DecodedMessage): AssembledTransaction | null {
+    switch (message.type) {
+      case 'begin':
+        if (this.open !== null) {
+          throw new AssemblyError(`BEGIN of xid ${message.xid} inside xid ${this.open.xid}`);
+        }
+        this.open = { xid: message.xid, finalLsn: message.finalLsn, keys: new Map(), truncated: new Map(), tracking: [] };
+        return null;
+      case 'commit':
+        return this.commit(message.commitLsn, message.endLsn, message.commitTime);
+      case 'relation':
+        return null;
+      case 'message':
+        if (message.transactional && message.prefix === TRACKING_MESSAGE_PREFIX) {
+          this.require('message').tracking.push(parseTrackingMessage(message.content));
+        }
+        return null;
+      case 'insert':
+        this.applyRow(message.relation, null, message.newRow, 'insert');
+        return null;
+      case 'update':
+        this.applyRow(message.relation, message.oldRow, message.newRow, 'update');
+        return null;
+      case 'delete':
+        this.applyDelete(message.relation, message.oldRow);
+        return null;
+      case 'truncate':
+        for (const relation of message.relations) this.applyTruncate(relation);
+        return null;
+    }
+  }
+
+  private require(what: string): NonNullable<TransactionAssembler['open']> {
+    if (this.open === null) {
+      throw new AssemblyError(`${what} outside a transaction`);
+    }
+    return this.open;
+  }
+
+  /** Whether changes to this table in the open transaction are recorded. */
+  private trackedNow(relation: RelationInfo): TrackedTable | undefined {
+    const tracked = this.catalog.tracked(relation.schema, relation.table);
+    if (tracked === undefined) return undefined;
+    const commitLsn = this.require('change').finalLsn;
+    if (commitLsn <= tracked.trackedFromLsn) return undefined;
+    if (tracked.untrackedLsn !== null && commitLsn > tracked.untrackedLsn) return undefined;
+    return tracked;
+  }
+
+  private keyOf(relation: RelationInfo, tracked: TrackedTable, row: RowImage): string[] {
+    const values: string[] = [];
+    const types: number[] = [];
+    for (const name of tracked.pkColumns) {
+      const value = row.get(name);
+      const column = relation.columns.find((c) => c.name === name);
+      if (typeof value !== 'string' || column === undefined) {
+        throw new AssemblyError(
+          `change to ${relation.schema}.${relation.table} lacks primary key column "${name}" ` +
+            `(the table's primary key is (${tracked.pkColumns.join(', ')}))`,
+        );
+      }
+      values.push(value);
+      types.push(this.catalog.baseType(column.typeOid));
+    }
+    return canonicalKey(values, types);
+  }
+
+  private stateFor(relation: RelationInfo, pk: string[], firstOp: 'insert' | 'other'): KeyState {
+    const open = this.require('change');
+    const id = keyId(relation.schema, relation.table, pk);
+    let state = open.keys.get(id);
+    if (state === undefined) {
+      const truncatedEarlier = open.truncated.has(tableId(relation.schema, relation.table));
+      state = {
+        schema: relation.schema,
+        table: relation.table,
+        pk,
+        // after a TRUNCATE earlier in this transaction the row did exist before it
+        bornHere: firstOp === 'insert' && !truncatedEarlier,
+        row: null,
+        goneBy: null,
+        carryFromPk: null,
+      };
+      open.keys.set(id, state);
+    }
+    return state;
+  }
+
+  private applyRow(relation: RelationInfo, oldRow: RowImage | null, newRow: RowImage, kind: 'insert' | 'update'): void {
+    const tracked = this.trackedNow(relation);
+    if (tracked === undefined) return;
+    const newPk = this.keyOf(relation, tracked, newRow);
+    let carried: Map<string, ColumnValue> | null = null;
+    let carryFromPk: string[] | null = null;
+
+    if (kind === 'update' && oldRow !== null) {
+      const oldPk = this.keyOf(relation, tracked, oldRow);
+      if (keyId(relation.schema, relation.table, oldPk) !== keyId(relation.schema, relation.table, newPk)) {
+        // key change: the old key is gone, the new one begins with its values
+        const old = this.stateFor(relation, oldPk, 'other');
+        carried = old.row;
+        carryFromPk = old.row === null ? oldPk : old.carryFromPk ?? oldPk;
+        old.row = null;
+        old.goneBy = 'delete';
+        const fresh = this.stateFor(relation, newPk, 'insert');
+        fresh.row = mergeRow(newRow, carried);
+        fresh.goneBy = null;
+        fresh.carryFromPk = carryFromPk;
+        return;
+      }
+    }
+
+    const state = this.stateFor(relation, newPk, kind === 'insert' ? 'insert' : 'other');
+    state.row = mergeRow(newRow, state.row);
+    state.goneBy = null;
+  }
+
+  private applyDelete(relation: RelationInfo, oldRow: RowImage): void {
+    const tracked = this.trackedNow(relation);
+    if (tracked === undefined) return;
+    const state = this.stateFor(relation, this.keyOf(relation, tracked, oldRow), 'other');
+    state.row = null;
+    state.goneBy = 'delete';
+  }
+
+  private applyTruncate(relation: RelationInfo): void {
+    if (this.trackedNow(relation) === undefined) return;
+    const open = this.require('truncate');
+    for (const state of open.keys.values()) {
+      if (state.schema === relation.schema && state.table === relation.table && state.row !== null) {
+        state.row = null;
+        state.goneBy = 'truncate';
+      }
+    }
+    open.truncated.set(tableId(relation.schema, relation.table), { schema: relation.schema, table: relation.table });
+  }
+
+  private commit(commitLsn: Lsn, endLsn: Lsn, commitTime: Date): AssembledTransaction {
+    const open = this.require('COMMIT');
+    if (commitLsn !== open.finalLsn) {
+      throw new AssemblyError(`COMMIT at ${commitLsn} of a transaction that BEGIN said commits at ${open.finalLsn}`);
+    }
+    this.open = null;
+
+    const versions: VersionWrite[] = [];
+    for (const state of open.keys.values()) {
+      if (state.row === null) {
+        // gone at commit: a tombstone, unless the row never existed outside this transaction
+        if (state.bornHere) continue;
+        versions.push({
+          schema: state.schema, table: state.table, pk: state.pk,
+          op: state.goneBy === 'truncate' ? 'truncate' : 'delete',
+          rowData: null, carryColumns: [], carryFromPk: null,
+        });
+        continue;
+      }
+      const rowData: Record<string, string | null> = {};
+      const carryColumns: string[] = [];
+      for (const [name, value] of state.row) {
+        if (value === UNCHANGED_TOAST) carryColumns.push(name);
+        else rowData[name] = value;
+      }
+      versions.push({
+        schema: state.schema, table: state.table, pk: state.pk,
+        op: state.bornHere ? 'insert' : 'update',
+        rowData, carryColumns,
+        carryFromPk: carryColumns.length > 0 ? state.carryFromPk ?? state.pk : null,
+      });
+    }
+    return {
+      xid: open.xid, commitLsn, endLsn, commitTime,
+      truncated: [...open.truncated.values()],
+      versions,
+      tracking: open.tracking,
+    };
+  }
+}
+
+/** newRow with values it did not send (unchanged TOAST) taken from `earlier` when known. */
+function mergeRow(newRow: RowImage, earlier: Map<string, ColumnValue> | null): Map<string, ColumnValue> {
+  const merged = new Map<string, ColumnValue>();
+  for (const [name, value] of newRow) {
+    const before = earlier?.get(name);
+    merged.set(name, value === UNCHANGED_TOAST && before !== undefined ? before : value);
+  }
+  return merged;
+}
+
+function tableId(schema: string, table: string): string {
+  return JSON.stringify([schema, table]);
+}
+
+function keyId(schema: string, table: string, pk: string[]): string {
+  return JSON.stringify([schema, table, pk]);
+}
+
+/** The JSON pgtimewarp_track / _untrack put in their logical message. */
+export function parseTrackingMessage(content: string): TrackingEvent {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(content);
+  } catch {
+    throw new AssemblyError(`pgtimewarp message is not JSON: ${content}`);
+  }
+  const m = parsed as Record<string, unknown>;
+  if (
+    (m['action'] !== 'track' && m['action'] !== 'untrack') ||
+    typeof m['node_id'] !== 'string' || typeof m['schema_name'] !== 'string' ||
+    typeof m['table_name'] !== 'string' || typeof m['lsn'] !== 'string'
+  ) {
+    throw new AssemblyError(`unexpected pgtimewarp message: ${content}`);
+  }
+  return {
+    action: m['action'],
+    nodeId: m['node_id'],
+    schema: m['schema_name'],
+    table: m['table_name'],
+    lsn: lsnFromText(m['lsn']),
+  };
+}

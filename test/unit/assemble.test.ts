@@ -1,0 +1,165 @@
+// Transaction assembly, message by message: what versions a committed
+// transaction produces (agent/assemble.ts).  No database: the decoded
+// messages are written out by hand, as the decoders would produce them.
+
+import { describe, expect, it } from 'vitest';
+
+import { AssemblyError, TransactionAssembler, type Catalog, type TrackedTable } from '../../agent/assemble.js';
+import { UNCHANGED_TOAST, type ColumnValue, type DecodedMessage, type RelationInfo } from '../../agent/decode.js';
+
+const INT4 = 23;
+const TEXT = 25;
+const NUMERIC = 1700;
+
+const accounts: RelationInfo = {
+  oid: 16384,
+  schema: 'public',
+  table: 'accounts',
+  columns: [
+    { name: 'id', typeOid: INT4, isKey: true },
+    { name: 'note', typeOid: TEXT, isKey: false },
+    { name: 'big', typeOid: TEXT, isKey: false },
+  ],
+};
+const prices: RelationInfo = {
+  oid: 16390,
+  schema: 'public',
+  table: 'prices',
+  columns: [{ name: 'p', typeOid: NUMERIC, isKey: true }],
+};
+const untracked: RelationInfo = { oid: 16400, schema: 'public', table: 'other', columns: [{ name: 'id', typeOid: INT4, isKey: true }] };
+
+function catalog(tables: TrackedTable[]): Catalog {
+  return {
+    tracked: (schema, table) => tables.find((t) => t.schema === schema && t.table === table),
+    baseType: (oid) => oid,
+  };
+}
+
+const tracked: TrackedTable[] = [
+  { schema: 'public', table: 'accounts', pkColumns: ['id'], trackedFromLsn: 100n, untrackedLsn: null },
+  { schema: 'public', table: 'prices', pkColumns: ['p'], trackedFromLsn: 100n, untrackedLsn: null },
+];
+
+function row(values: Record<string, ColumnValue>): Map<string, ColumnValue> {
+  return new Map(Object.entries(values));
+}
+
+const when = new Date('2024-01-01T00:00:00Z');
+
+/** Run one transaction committing at `lsn` through a fresh assembler. */
+function transaction(changes: DecodedMessage[], lsn = 1000n, tables = tracked) {
+  const assembler = new TransactionAssembler(catalog(tables));
+  expect(assembler.push({ type: 'begin', xid: 7, finalLsn: lsn, commitTime: when })).toBeNull();
+  for (const change of changes) expect(assembler.push(change)).toBeNull();
+  const done = assembler.push({ type: 'commit', commitLsn: lsn, endLsn: lsn + 48n, commitTime: when });
+  if (done === null) throw new Error('no transaction at COMMIT');
+  return done;
+}
+
+const insert = (id: string, note: ColumnValue, big: ColumnValue = 'b'): DecodedMessage => ({
+  type: 'insert', relation: accounts, newRow: row({ id, note, big }),
+});
+const update = (id: string, note: ColumnValue, big: ColumnValue = 'b', oldId?: string): DecodedMessage => ({
+  type: 'update', relation: accounts, oldRow: oldId === undefined ? null : row({ id: oldId }), newRow: row({ id, note, big }),
+});
+const del = (id: string): DecodedMessage => ({ type: 'delete', relation: accounts, oldRow: row({ id }) });
+
+describe('TransactionAssembler', () => {
+  it('makes one version per key: its state at commit, with the commit LSN and time', () => {
+    const t = transaction([update('1', 'a'), update('1', 'b'), update('1', 'c')]);
+    expect(t).toMatchObject({ commitLsn: 1000n, endLsn: 1048n, commitTime: when, truncated: [], tracking: [] });
+    expect(t.versions).toEqual([
+      { schema: 'public', table: 'accounts', pk: ['1'], op: 'update', rowData: { id: '1', note: 'c', big: 'b' }, carryColumns: [], carryFromPk: null },
+    ]);
+  });
+
+  it('names the op after the key\'s first change', () => {
+    const t = transaction([insert('1', 'new'), update('1', 'newer'), del('2'), insert('2', 'back'), update('3', 'x'), del('3')]);
+    expect(t.versions.map((v) => [v.pk[0], v.op, v.rowData?.['note'] ?? null])).toEqual([
+      ['1', 'insert', 'newer'],
+      ['2', 'update', 'back'],
+      ['3', 'delete', null],
+    ]);
+  });
+
+  it('leaves nothing for a row inserted and deleted in the same transaction', () => {
+    expect(transaction([insert('9', 'tmp'), del('9')]).versions).toEqual([]);
+  });
+
+  it('closes the old key and opens the new one on a primary-key change', () => {
+    const t = transaction([update('20', 'moved', 'b', '2')]);
+    expect(t.versions).toEqual([
+      { schema: 'public', table: 'accounts', pk: ['2'], op: 'delete', rowData: null, carryColumns: [], carryFromPk: null },
+      { schema: 'public', table: 'accounts', pk: ['20'], op: 'insert', rowData: { id: '20', note: 'moved', big: 'b' }, carryColumns: [], carryFromPk: null },
+    ]);
+  });
+
+  it('carries an unchanged TOASTed value from earlier in the transaction', () => {
+    const t = transaction([insert('1', 'n', 'LARGE'), update('1', 'm', UNCHANGED_TOAST)]);
+    expect(t.versions[0]).toMatchObject({ op: 'insert', rowData: { id: '1', note: 'm', big: 'LARGE' }, carryColumns: [] });
+  });
+
+  it('asks the writer to carry an unchanged TOASTed value from the store otherwise', () => {
+    const t = transaction([update('1', 'm', UNCHANGED_TOAST)]);
+    expect(t.versions[0]).toMatchObject({ op: 'update', rowData: { id: '1', note: 'm' }, carryColumns: ['big'], carryFromPk: ['1'] });
+  });
+
+  it('carries from the old key when the key changed and a TOASTed value did not', () => {
+    const t = transaction([update('5', 'moved', UNCHANGED_TOAST, '4')]);
+    expect(t.versions[1]).toMatchObject({ pk: ['5'], op: 'insert', carryColumns: ['big'], carryFromPk: ['4'] });
+    // and when the old key's row is known in this transaction, from that row
+    const u = transaction([update('4', 'seen', 'OLDBIG'), update('5', 'moved', UNCHANGED_TOAST, '4')]);
+    expect(u.versions[1]).toMatchObject({ pk: ['5'], rowData: { id: '5', note: 'moved', big: 'OLDBIG' }, carryColumns: [] });
+  });
+
+  it('truncate closes what the transaction touched before it and is reported for the rest', () => {
+    const t = transaction([
+      update('1', 'before'),
+      { type: 'truncate', relations: [accounts] },
+      insert('2', 'after'),
+    ]);
+    expect(t.truncated).toEqual([{ schema: 'public', table: 'accounts' }]);
+    expect(t.versions.map((v) => [v.pk[0], v.op])).toEqual([
+      ['1', 'truncate'],
+      // the row may have existed before the truncate: not a plain insert
+      ['2', 'update'],
+    ]);
+  });
+
+  it('keys values by the canonical encoding', () => {
+    const t = transaction([{ type: 'insert', relation: prices, newRow: row({ p: '1.50' }) }]);
+    expect(t.versions[0]?.pk).toEqual(['1.5']);
+    expect(t.versions[0]?.rowData).toEqual({ p: '1.50' });
+  });
+
+  it('records a table only between its tracking LSNs', () => {
+    const change = [insert('1', 'x')];
+    expect(transaction(change, 100n).versions).toEqual([]); // commit at tracked_from_lsn: in the baseline
+    expect(transaction(change, 101n).versions).toHaveLength(1);
+    const stopped = [{ ...tracked[0]!, untrackedLsn: 500n }];
+    expect(transaction(change, 500n, stopped).versions).toHaveLength(1);
+    expect(transaction(change, 501n, stopped).versions).toEqual([]);
+    expect(transaction([{ type: 'insert', relation: untracked, newRow: row({ id: '1' }) }]).versions).toEqual([]);
+  });
+
+  it('reports tracking messages in the transaction that carries them, others ignored', () => {
+    const t = transaction([
+      { type: 'message', transactional: true, lsn: 990n, prefix: 'pgtimewarp',
+        content: '{"action": "track", "node_id": "n1", "schema_name": "public", "table_name": "t", "lsn": "0/3E8"}' },
+      { type: 'message', transactional: true, lsn: 991n, prefix: 'someone-else', content: 'hello' },
+    ]);
+    expect(t.tracking).toEqual([{ action: 'track', nodeId: 'n1', schema: 'public', table: 't', lsn: 1000n }]);
+  });
+
+  it('refuses a change without its key, and a stream out of order', () => {
+    expect(() => transaction([{ type: 'delete', relation: accounts, oldRow: row({ note: 'x' }) }])).toThrow(
+      /lacks primary key column "id"/,
+    );
+    const assembler = new TransactionAssembler(catalog(tracked));
+    expect(() => assembler.push(insert('1', 'x'))).toThrow(AssemblyError);
+    assembler.push({ type: 'begin', xid: 1, finalLsn: 200n, commitTime: when });
+    expect(() => assembler.push({ type: 'begin', xid: 2, finalLsn: 300n, commitTime: when })).toThrow(/inside xid 1/);
+    expect(() => assembler.push({ type: 'commit', commitLsn: 300n, endLsn: 310n, commitTime: when })).toThrow(/BEGIN said/);
+  });
+});

@@ -1,0 +1,171 @@
+// The store writer against a real store, read back through the extension:
+// a real pgtimewarp_track baseline, then transactions assembled from
+// hand-written decoded messages (as the decoders produce them), applied by
+// StoreWriter, and answered by pgtimewarp_asof_pk_lsn / _diff_pk.
+
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { TransactionAssembler, type AssembledTransaction, type Catalog } from '../../agent/assemble.js';
+import { UNCHANGED_TOAST, lsnFromText, lsnToText, type ColumnValue, type DecodedMessage, type Lsn, type RelationInfo } from '../../agent/decode.js';
+import { StoreWriter } from '../../agent/writer.js';
+import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
+import { useCluster } from '../support/use-cluster.js';
+
+const cluster = useCluster();
+let timewarp: Timewarp;
+let store: pg.Client;
+let writer: StoreWriter;
+let trackedFrom: Lsn;
+
+const docs: RelationInfo = {
+  oid: 0,
+  schema: 'public',
+  table: 'docs',
+  columns: [
+    { name: 'id', typeOid: 23, isKey: true },
+    { name: 'title', typeOid: 25, isKey: false },
+    { name: 'body', typeOid: 25, isKey: false },
+  ],
+};
+
+const BIG = 'x'.repeat(100_000);
+
+function row(values: Record<string, ColumnValue>): Map<string, ColumnValue> {
+  return new Map(Object.entries(values));
+}
+
+let assembler: TransactionAssembler;
+
+/** Assemble one transaction committing `offset` bytes after tracking began. */
+function txn(offset: bigint, changes: DecodedMessage[]): AssembledTransaction {
+  const commitLsn = trackedFrom + offset;
+  const commitTime = new Date(Date.UTC(2030, 0, 1, 0, 0, Number(offset)));
+  assembler.push({ type: 'begin', xid: Number(offset), finalLsn: commitLsn, commitTime });
+  for (const change of changes) assembler.push(change);
+  const done = assembler.push({ type: 'commit', commitLsn, endLsn: commitLsn + 8n, commitTime });
+  if (done === null) throw new Error('no transaction');
+  return done;
+}
+
+async function asof(id: number, offset: bigint): Promise<Record<string, unknown> | null> {
+  const res = await timewarp.source.query<{ r: Record<string, unknown> | null }>(
+    `SELECT pgtimewarp_asof_pk_lsn('docs', $1, $2) AS r`,
+    [JSON.stringify({ id }), lsnToText(trackedFrom + offset)],
+  );
+  return res.rows[0]?.r ?? null;
+}
+
+beforeAll(async () => {
+  timewarp = await setupTimewarp(cluster());
+  store = await cluster().connect('store');
+  const { source } = timewarp;
+  await source.query(`CREATE TABLE docs (id int PRIMARY KEY, title text, body text)`);
+  await source.query(`INSERT INTO docs VALUES (1, 'one', $1), (2, 'two', 'short'), (3, 'three', NULL)`, [BIG]);
+  const res = await source.query<{ b: string }>(`SELECT pgtimewarp_track('docs')::text AS b`);
+  trackedFrom = lsnFromText(res.rows[0]!.b);
+
+  writer = new StoreWriter(store, timewarp.nodeId, 'pgtimewarp');
+  const tables = await writer.trackedTables();
+  const catalog: Catalog = {
+    tracked: (schema, table) => tables.find((t) => t.schema === schema && t.table === table),
+    baseType: (oid) => oid,
+  };
+  assembler = new TransactionAssembler(catalog);
+});
+
+afterAll(async () => {
+  await timewarp?.source.end();
+  await store?.end();
+});
+
+describe('StoreWriter', () => {
+  it('knows the tracked table from the store, and has no checkpoint yet', async () => {
+    expect(await writer.trackedTables()).toEqual([
+      { schema: 'public', table: 'docs', pkColumns: ['id'], trackedFromLsn: trackedFrom, untrackedLsn: null },
+    ]);
+    expect(await writer.checkpoint()).toBeNull();
+  });
+
+  it('applies transactions so the extension answers with them', async () => {
+    const checkpoint = await writer.apply([
+      // 100: title of 1 changes, its big body unchanged (TOAST, not sent)
+      txn(100n, [{ type: 'update', relation: docs, oldRow: null, newRow: row({ id: '1', title: 'uno', body: UNCHANGED_TOAST }) }]),
+      // 200: 2 deleted (key-only identity), 4 inserted
+      txn(200n, [
+        { type: 'delete', relation: docs, oldRow: row({ id: '2' }) },
+        { type: 'insert', relation: docs, newRow: row({ id: '4', title: 'four', body: null }) },
+      ]),
+      // 300: key of 1 changes to 10, body still unchanged
+      txn(300n, [{ type: 'update', relation: docs, oldRow: row({ id: '1' }), newRow: row({ id: '10', title: 'uno', body: UNCHANGED_TOAST }) }]),
+    ]);
+    expect(checkpoint.lsn).toBe(trackedFrom + 308n);
+    expect(await writer.checkpoint()).toEqual(checkpoint);
+
+    expect(await asof(1, 99n)).toEqual({ id: 1, title: 'one', body: BIG });
+    expect(await asof(1, 100n)).toEqual({ id: 1, title: 'uno', body: BIG });
+    expect(await asof(2, 199n)).toEqual({ id: 2, title: 'two', body: 'short' });
+    expect(await asof(2, 200n)).toBeNull();
+    expect(await asof(4, 200n)).toEqual({ id: 4, title: 'four', body: null });
+    expect(await asof(1, 300n)).toBeNull();
+    expect(await asof(10, 300n)).toEqual({ id: 10, title: 'uno', body: BIG });
+    expect(await asof(3, 300n)).toEqual({ id: 3, title: 'three', body: null });
+  });
+
+  it('closes every open version on TRUNCATE, keeping what the transaction wrote after it', async () => {
+    await writer.apply([
+      txn(400n, [
+        { type: 'truncate', relations: [docs] },
+        { type: 'insert', relation: docs, newRow: row({ id: '3', title: 'three again', body: null }) },
+      ]),
+    ]);
+    for (const id of [4, 10]) expect(await asof(id, 400n)).toBeNull();
+    expect(await asof(3, 400n)).toEqual({ id: 3, title: 'three again', body: null });
+    expect(await asof(4, 399n)).not.toBeNull();
+
+    const ops = await store.query<{ op: string; open: boolean }>(
+      `SELECT op, valid_to_lsn IS NULL AS open FROM pgtimewarp_store.row_versions
+        WHERE table_name = 'docs' AND pk = '{10}' ORDER BY valid_from_lsn`,
+    );
+    expect(ops.rows).toEqual([{ op: 'insert', open: false }, { op: 'truncate', open: true }]);
+  });
+
+  it('refuses to apply a transaction twice, and keeps the checkpoint where it was', async () => {
+    const before = await writer.checkpoint();
+    const again = txn(500n, [{ type: 'insert', relation: docs, newRow: row({ id: '5', title: 'five', body: null }) }]);
+    await writer.apply([again]);
+    const after = await writer.checkpoint();
+    await expect(writer.apply([again])).rejects.toThrow(/duplicate key|one_open_version/);
+    expect(await writer.checkpoint()).toEqual(after);
+    expect(after!.lsn > before!.lsn).toBe(true);
+    const count = await store.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions WHERE table_name = 'docs' AND pk = '{5}'`,
+    );
+    expect(count.rows[0]?.n).toBe(1);
+  });
+
+  it('fails loudly, writing nothing, when a carried value has no previous version', async () => {
+    const before = await writer.checkpoint();
+    const orphan = txn(600n, [
+      { type: 'insert', relation: docs, newRow: row({ id: '6', title: 'six', body: null }) },
+      { type: 'update', relation: docs, oldRow: null, newRow: row({ id: '77', title: 'ghost', body: UNCHANGED_TOAST }) },
+    ]);
+    await expect(writer.apply([orphan])).rejects.toThrow(/cannot carry the unchanged value of public.docs.body/);
+    expect(await writer.checkpoint()).toEqual(before);
+    expect(await asof(6, 600n)).toBeNull();
+  });
+
+  it('records heartbeats so idle time resolves, and never moves the checkpoint back', async () => {
+    const current = (await writer.checkpoint())!;
+    const later = { lsn: current.lsn + 1000n, time: new Date(current.time.getTime() + 60_000) };
+    await writer.heartbeat(later);
+    expect(await writer.checkpoint()).toEqual(later);
+    await writer.heartbeat(current);
+    expect(await writer.checkpoint()).toEqual(later);
+    const beat = await store.query<{ is_heartbeat: boolean }>(
+      `SELECT is_heartbeat FROM pgtimewarp_store.lsn_time_map WHERE lsn = $1`,
+      [lsnToText(later.lsn)],
+    );
+    expect(beat.rows).toEqual([{ is_heartbeat: true }]);
+  });
+});

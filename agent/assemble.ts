@@ -87,6 +87,8 @@ export interface AssembledTransaction {
   commitLsn: Lsn;
   endLsn: Lsn;
   commitTime: Date;
+  /** The exact commit time, microseconds since 1970 (agent/decode.ts). */
+  commitTimeMicros: bigint;
   /** Tables truncated by this transaction: close all their other open versions. */
   truncated: Array<{ schema: string; table: string }>;
   versions: VersionWrite[];
@@ -133,7 +135,7 @@ export class TransactionAssembler {
         this.open = { xid: message.xid, finalLsn: message.finalLsn, keys: new Map(), truncated: new Map(), tracking: [] };
         return null;
       case 'commit':
-        return this.commit(message.commitLsn, message.endLsn, message.commitTime);
+        return this.commit(message.commitLsn, message.endLsn, message.commitTime, message.commitTimeMicros);
       case 'relation':
         return null;
       case 'message':
@@ -261,7 +263,7 @@ export class TransactionAssembler {
     open.truncated.set(tableId(relation.schema, relation.table), { schema: relation.schema, table: relation.table });
   }
 
-  private commit(commitLsn: Lsn, endLsn: Lsn, commitTime: Date): AssembledTransaction {
+  private commit(commitLsn: Lsn, endLsn: Lsn, commitTime: Date, commitTimeMicros: bigint): AssembledTransaction {
     const open = this.require('COMMIT');
     if (commitLsn !== open.finalLsn) {
       throw new AssemblyError(`COMMIT at ${commitLsn} of a transaction that BEGIN said commits at ${open.finalLsn}`);
@@ -294,7 +296,7 @@ export class TransactionAssembler {
       });
     }
     return {
-      xid: open.xid, commitLsn, endLsn, commitTime,
+      xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
       truncated: [...open.truncated.values()],
       versions,
       tracking: open.tracking,

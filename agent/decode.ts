@@ -39,7 +39,19 @@ export interface RelationInfo {
 export type RowImage = Map<string, ColumnValue>;
 
 export type DecodedMessage =
-  | { type: 'begin'; xid: number; finalLsn: Lsn; commitTime: Date }
+  | {
+      type: 'begin';
+      xid: number;
+      finalLsn: Lsn;
+      commitTime: Date;
+      /**
+       * commitTime exactly, in microseconds since 1970-01-01 UTC (commitTime
+       * is this rounded down to milliseconds).  What the store records: a
+       * commit time cut to milliseconds could resolve a time between the two
+       * to a commit that had not happened yet.
+       */
+      commitTimeMicros: bigint;
+    }
   | {
       type: 'commit';
       /** LSN of the commit record: the transaction's commit LSN. */
@@ -47,6 +59,13 @@ export type DecodedMessage =
       /** End of the commit record: where a restart may resume after it. */
       endLsn: Lsn;
       commitTime: Date;
+      /**
+       * commitTime exactly, in microseconds since 1970-01-01 UTC (commitTime
+       * is this rounded down to milliseconds).  What the store records: a
+       * commit time cut to milliseconds could resolve a time between the two
+       * to a commit that had not happened yet.
+       */
+      commitTimeMicros: bigint;
     }
   | { type: 'relation'; relation: RelationInfo }
   | { type: 'insert'; relation: RelationInfo; newRow: RowImage }

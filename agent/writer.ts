@@ -13,12 +13,22 @@ import type pg from 'pg';
 
 import type { AssembledTransaction, TrackedTable, VersionWrite } from './assemble.js';
 import { lsnFromText, lsnToText, type Lsn } from './decode.js';
+import { unixMicrosToIso } from './pgtime.js';
 
 export interface Checkpoint {
   /** Resume streaming here: the end LSN of the last applied transaction (or a heartbeat's). */
   lsn: Lsn;
   /** Commit time of that transaction, or the heartbeat's time. */
   time: Date;
+  /** `time` exactly, in microseconds since 1970, when known. */
+  timeMicros?: bigint;
+}
+
+/** A checkpoint's time as exact timestamptz text. */
+function checkpointTime(checkpoint: Checkpoint): string {
+  return checkpoint.timeMicros === undefined
+    ? checkpoint.time.toISOString()
+    : unixMicrosToIso(checkpoint.timeMicros);
 }
 
 export class StoreWriteError extends Error {}
@@ -67,7 +77,7 @@ export class StoreWriter {
   async apply(transactions: AssembledTransaction[]): Promise<Checkpoint> {
     const last = transactions[transactions.length - 1];
     if (last === undefined) throw new StoreWriteError('apply() needs at least one transaction');
-    const checkpoint = { lsn: last.endLsn, time: last.commitTime };
+    const checkpoint = { lsn: last.endLsn, time: last.commitTime, timeMicros: last.commitTimeMicros };
     await this.inTransaction(async () => {
       for (const txn of transactions) await this.applyOne(txn);
       await this.saveCheckpoint(checkpoint);
@@ -85,7 +95,7 @@ export class StoreWriter {
       await this.store.query(
         `INSERT INTO pgtimewarp_store.lsn_time_map (node_id, lsn, commit_ts, is_heartbeat)
          VALUES ($1, $2, $3, true) ON CONFLICT (node_id, lsn) DO NOTHING`,
-        [this.nodeId, lsnToText(checkpoint.lsn), checkpoint.time],
+        [this.nodeId, lsnToText(checkpoint.lsn), checkpointTime(checkpoint)],
       );
       await this.saveCheckpoint(checkpoint);
     });
@@ -111,15 +121,16 @@ export class StoreWriter {
           SET slot_name = EXCLUDED.slot_name, confirmed_lsn = EXCLUDED.confirmed_lsn,
               confirmed_ts = EXCLUDED.confirmed_ts, updated_at = now()
         WHERE wal_checkpoints.confirmed_lsn <= EXCLUDED.confirmed_lsn`,
-      [this.nodeId, this.slotName, lsnToText(checkpoint.lsn), checkpoint.time],
+      [this.nodeId, this.slotName, lsnToText(checkpoint.lsn), checkpointTime(checkpoint)],
     );
   }
 
   private async applyOne(txn: AssembledTransaction): Promise<void> {
     const commitLsn = lsnToText(txn.commitLsn);
+    const commitTime = unixMicrosToIso(txn.commitTimeMicros);
     if (txn.versions.length > 0) {
-      const previous = await this.closeOpenVersions(txn, commitLsn);
-      await this.insertVersions(txn, commitLsn, previous);
+      const previous = await this.closeOpenVersions(txn, commitLsn, commitTime);
+      await this.insertVersions(txn, commitLsn, commitTime, previous);
     }
     for (const { schema, table } of txn.truncated) {
       // versions the transaction wrote begin at its commit LSN and stay open
@@ -134,13 +145,13 @@ export class StoreWriter {
          INSERT INTO pgtimewarp_store.row_versions
                (node_id, schema_name, table_name, pk, valid_from_lsn, valid_from_ts, op, row_data)
          SELECT $1, $2, $3, pk, $4, $5, 'truncate', NULL FROM closed`,
-        [this.nodeId, schema, table, commitLsn, txn.commitTime],
+        [this.nodeId, schema, table, commitLsn, commitTime],
       );
     }
     await this.store.query(
       `INSERT INTO pgtimewarp_store.lsn_time_map (node_id, lsn, commit_ts)
        VALUES ($1, $2, $3) ON CONFLICT (node_id, lsn) DO NOTHING`,
-      [this.nodeId, commitLsn, txn.commitTime],
+      [this.nodeId, commitLsn, commitTime],
     );
   }
 
@@ -152,6 +163,7 @@ export class StoreWriter {
   private async closeOpenVersions(
     txn: AssembledTransaction,
     commitLsn: string,
+    commitTime: string,
   ): Promise<Map<string, Record<string, string | null> | null>> {
     const keys = txn.versions.map((v) => ({ schema: v.schema, table: v.table, pk: v.pk }));
     const res = await this.store.query<{ schema_name: string; table_name: string; pk: string[]; row_data: Record<string, string | null> | null }>(
@@ -161,7 +173,7 @@ export class StoreWriter {
         WHERE v.node_id = $1 AND v.schema_name = k.schema AND v.table_name = k."table"
           AND v.pk = k.pk AND v.valid_to_lsn IS NULL AND v.valid_from_lsn < $2
        RETURNING v.schema_name, v.table_name, v.pk, v.row_data`,
-      [this.nodeId, commitLsn, txn.commitTime, JSON.stringify(keys)],
+      [this.nodeId, commitLsn, commitTime, JSON.stringify(keys)],
     );
     return new Map(res.rows.map((r) => [versionKey(r.schema_name, r.table_name, r.pk), r.row_data]));
   }
@@ -169,6 +181,7 @@ export class StoreWriter {
   private async insertVersions(
     txn: AssembledTransaction,
     commitLsn: string,
+    commitTime: string,
     previous: Map<string, Record<string, string | null> | null>,
   ): Promise<void> {
     const rows = txn.versions.map((v) => ({
@@ -183,7 +196,7 @@ export class StoreWriter {
              (node_id, schema_name, table_name, pk, valid_from_lsn, valid_from_ts, op, row_data)
        SELECT $1, x.schema, x."table", x.pk, $2, $3, x.op, x.row_data
          FROM jsonb_to_recordset($4::jsonb) AS x(schema text, "table" text, pk text[], op text, row_data jsonb)`,
-      [this.nodeId, commitLsn, txn.commitTime, JSON.stringify(rows)],
+      [this.nodeId, commitLsn, commitTime, JSON.stringify(rows)],
     );
   }
 }

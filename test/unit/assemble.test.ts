@@ -46,13 +46,14 @@ function row(values: Record<string, ColumnValue>): Map<string, ColumnValue> {
 }
 
 const when = new Date('2024-01-01T00:00:00Z');
+const whenMicros = BigInt(when.getTime()) * 1000n + 7n;
 
 /** Run one transaction committing at `lsn` through a fresh assembler. */
 function transaction(changes: DecodedMessage[], lsn = 1000n, tables = tracked) {
   const assembler = new TransactionAssembler(catalog(tables));
-  expect(assembler.push({ type: 'begin', xid: 7, finalLsn: lsn, commitTime: when })).toBeNull();
+  expect(assembler.push({ type: 'begin', xid: 7, finalLsn: lsn, commitTime: when, commitTimeMicros: whenMicros })).toBeNull();
   for (const change of changes) expect(assembler.push(change)).toBeNull();
-  const done = assembler.push({ type: 'commit', commitLsn: lsn, endLsn: lsn + 48n, commitTime: when });
+  const done = assembler.push({ type: 'commit', commitLsn: lsn, endLsn: lsn + 48n, commitTime: when, commitTimeMicros: whenMicros });
   if (done === null) throw new Error('no transaction at COMMIT');
   return done;
 }
@@ -68,7 +69,7 @@ const del = (id: string): DecodedMessage => ({ type: 'delete', relation: account
 describe('TransactionAssembler', () => {
   it('makes one version per key: its state at commit, with the commit LSN and time', () => {
     const t = transaction([update('1', 'a'), update('1', 'b'), update('1', 'c')]);
-    expect(t).toMatchObject({ commitLsn: 1000n, endLsn: 1048n, commitTime: when, truncated: [], tracking: [] });
+    expect(t).toMatchObject({ commitLsn: 1000n, endLsn: 1048n, commitTime: when, commitTimeMicros: whenMicros, truncated: [], tracking: [] });
     expect(t.versions).toEqual([
       { schema: 'public', table: 'accounts', pk: ['1'], op: 'update', rowData: { id: '1', note: 'c', big: 'b' }, carryColumns: [], carryFromPk: null },
     ]);
@@ -158,8 +159,8 @@ describe('TransactionAssembler', () => {
     );
     const assembler = new TransactionAssembler(catalog(tracked));
     expect(() => assembler.push(insert('1', 'x'))).toThrow(AssemblyError);
-    assembler.push({ type: 'begin', xid: 1, finalLsn: 200n, commitTime: when });
-    expect(() => assembler.push({ type: 'begin', xid: 2, finalLsn: 300n, commitTime: when })).toThrow(/inside xid 1/);
-    expect(() => assembler.push({ type: 'commit', commitLsn: 300n, endLsn: 310n, commitTime: when })).toThrow(/BEGIN said/);
+    assembler.push({ type: 'begin', xid: 1, finalLsn: 200n, commitTime: when, commitTimeMicros: whenMicros });
+    expect(() => assembler.push({ type: 'begin', xid: 2, finalLsn: 300n, commitTime: when, commitTimeMicros: whenMicros })).toThrow(/inside xid 1/);
+    expect(() => assembler.push({ type: 'commit', commitLsn: 300n, endLsn: 310n, commitTime: when, commitTimeMicros: whenMicros })).toThrow(/BEGIN said/);
   });
 });

@@ -125,6 +125,11 @@ export class TransactionAssembler {
 
   constructor(private readonly catalog: Catalog) {}
 
+  /** Between a BEGIN and its COMMIT. */
+  get inTransaction(): boolean {
+    return this.open !== null;
+  }
+
   /** The transaction if `message` commits one, else null. */
   push(message: DecodedMessage): AssembledTransaction | null {
     switch (message.type) {

@@ -40,6 +40,18 @@ export class StoreWriter {
     readonly slotName: string,
   ) {}
 
+  /**
+   * Register this node in the store (pgtimewarp_track does too, but the
+   * agent may start first, and its heartbeats need the node).
+   */
+  async registerNode(databaseName: string, systemIdentifier: string): Promise<void> {
+    await this.store.query(
+      `INSERT INTO pgtimewarp_store.nodes (node_id, database_name, system_identifier)
+       VALUES ($1, $2, $3) ON CONFLICT (node_id) DO NOTHING`,
+      [this.nodeId, databaseName, systemIdentifier],
+    );
+  }
+
   /** Where the agent left off, or null before its first checkpoint. */
   async checkpoint(): Promise<Checkpoint | null> {
     const res = await this.store.query<{ lsn: string; ts: Date }>(

@@ -6,6 +6,7 @@
 import { Command } from 'commander';
 import pg from 'pg';
 
+import { runAgent, type AgentEvent } from '../agent/run.js';
 import { migrateStore } from './store.js';
 
 /** Print an error as one clean line (PostgreSQL's fields kept), exit non-zero. */
@@ -45,5 +46,56 @@ program
       console.log(`applied ${applied.length} migration(s): ${applied.join(', ')}`);
     }
   });
+
+program
+  .command('agent')
+  .description('run the agent: stream the source WAL into the store until stopped (SIGTERM/SIGINT stop it cleanly)')
+  .option('--source <url>', 'source database URL (default: $PGTIMEWARP_SOURCE_URL)')
+  .option('--store <url>', 'store database URL (default: $PGTIMEWARP_STORE_URL)')
+  .option('--node <id>', "this source's node id in the store (default: $PGTIMEWARP_NODE_ID, else the source's pgtimewarp_configure() setting)")
+  .option('--slot <name>', 'logical replication slot (created on first start)', 'pgtimewarp')
+  .option('--plugin <name>', 'output plugin: pgoutput or wal2json', 'pgoutput')
+  .option('--log-format <format>', 'text or json (one object per line)', 'text')
+  .action(async (opts: { source?: string; store?: string; node?: string; slot: string; plugin: string; logFormat: string }) => {
+    const problems: string[] = [];
+    const sourceUrl = opts.source ?? process.env['PGTIMEWARP_SOURCE_URL'];
+    const storeUrl = opts.store ?? process.env['PGTIMEWARP_STORE_URL'];
+    if (!sourceUrl) problems.push('no source database: pass --source <url> or set PGTIMEWARP_SOURCE_URL');
+    if (!storeUrl) problems.push('no store database: pass --store <url> or set PGTIMEWARP_STORE_URL');
+    if (opts.plugin !== 'pgoutput' && opts.plugin !== 'wal2json') problems.push(`--plugin must be pgoutput or wal2json, not ${opts.plugin}`);
+    if (opts.logFormat !== 'text' && opts.logFormat !== 'json') problems.push(`--log-format must be text or json, not ${opts.logFormat}`);
+    if (problems.length > 0 || !sourceUrl || !storeUrl) throw new Error(problems.join('; '));
+    const nodeId = opts.node ?? process.env['PGTIMEWARP_NODE_ID'] ?? (await configuredNodeId(sourceUrl));
+
+    const stop = new AbortController();
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => stop.abort());
+    const log = (e: AgentEvent): void => {
+      const line = opts.logFormat === 'json'
+        ? JSON.stringify({ time: new Date().toISOString(), ...e })
+        : `${new Date().toISOString()} ${e.level.toUpperCase()} ${e.message}`;
+      (e.level === 'info' ? console.log : console.error)(line);
+    };
+    await runAgent({
+      sourceUrl, storeUrl, nodeId, slot: opts.slot, plugin: opts.plugin as 'pgoutput' | 'wal2json',
+      signal: stop.signal, log,
+    });
+    log({ level: 'info', event: 'stopped', message: 'agent stopped' });
+  });
+
+/** The node id the source database was configured with (pgtimewarp.config). */
+async function configuredNodeId(sourceUrl: string): Promise<string> {
+  const client = new pg.Client({ connectionString: sourceUrl });
+  await client.connect();
+  try {
+    const res = await client.query<{ node_id: string }>(`SELECT node_id FROM pgtimewarp.config`).catch(() => ({ rows: [] }));
+    const nodeId = res.rows[0]?.node_id;
+    if (nodeId === undefined) {
+      throw new Error('no node id: pass --node <id>, set PGTIMEWARP_NODE_ID, or run pgtimewarp_configure() in the source database');
+    }
+    return nodeId;
+  } finally {
+    await client.end();
+  }
+}
 
 program.parseAsync(process.argv).catch(fail);

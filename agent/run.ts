@@ -1,0 +1,304 @@
+// The agent's loop: replication stream -> decoder -> transaction assembly ->
+// store writer -> acknowledgement.
+//
+// Exactly once: every (re)start reads the checkpoint from the store and
+// streams from there; transactions that end at or before it are skipped; a
+// batch of transactions and the checkpoint commit in one store transaction
+// (agent/writer.ts); only then is the source told, and only that position.
+// A crash anywhere loses nothing (the slot still holds what was not
+// confirmed) and doubles nothing (what was stored is behind the checkpoint).
+
+import pg from 'pg';
+
+import { TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable } from './assemble.js';
+import { lsnToText, type Decoder, type Lsn } from './decode.js';
+import { PGOUTPUT_PROTO_VERSION, PgoutputDecoder } from './pgoutput.js';
+import { ReplicationStream } from './replication.js';
+import { Wal2jsonDecoder, wal2jsonOptions, type CatalogColumn } from './wal2json.js';
+import { StoreWriter, type Checkpoint } from './writer.js';
+
+export const PUBLICATION = 'pgtimewarp';
+
+export interface AgentOptions {
+  sourceUrl: string;
+  storeUrl: string;
+  nodeId: string;
+  /** Logical replication slot on the source; created on first start. */
+  slot: string;
+  plugin: 'pgoutput' | 'wal2json';
+  /** Most transactions written in one store transaction. Default 500. */
+  maxBatch?: number;
+  /** Stops the agent: the batch in progress is dropped (it is re-read), nothing is half-written. */
+  signal?: AbortSignal;
+  log?: (event: AgentEvent) => void;
+  /** Waits between reconnection attempts, ms; doubled up to the maximum. Default 1000..30000. */
+  backoff?: { initialMs: number; maxMs: number };
+}
+
+export interface AgentEvent {
+  level: 'info' | 'warning' | 'error';
+  event: string;
+  message: string;
+  [field: string]: unknown;
+}
+
+/** An error that retrying cannot fix: the agent stops. */
+export class AgentFatalError extends Error {}
+
+/**
+ * Run until `signal` aborts or a fatal error.  Connection losses on either
+ * side are retried with backoff, each time from the store's checkpoint.
+ */
+export async function runAgent(opts: AgentOptions): Promise<void> {
+  const log = opts.log ?? (() => undefined);
+  const backoff = opts.backoff ?? { initialMs: 1000, maxMs: 30_000 };
+  let wait = backoff.initialMs;
+  while (!opts.signal?.aborted) {
+    try {
+      const outcome = await runSession(opts, log, () => {
+        wait = backoff.initialMs; // progress was made: the next failure starts over
+      });
+      if (outcome === 'restart') continue;
+      return;
+    } catch (err) {
+      if (opts.signal?.aborted) return;
+      if (err instanceof AgentFatalError) {
+        log({ level: 'error', event: 'fatal', message: err.message });
+        await recordHealth(opts, 'error', 'agent_stopped', err.message).catch(() => undefined);
+        throw err;
+      }
+      const message = err instanceof Error ? err.message : String(err);
+      log({ level: 'warning', event: 'retry', message: `${message}; retrying in ${wait} ms`, waitMs: wait });
+      await recordHealth(opts, 'warning', 'agent_retry', message).catch(() => undefined);
+      await sleep(wait, opts.signal);
+      wait = Math.min(wait * 2, backoff.maxMs);
+    }
+  }
+}
+
+/**
+ * One connection's worth of work: from the store's checkpoint until abort
+ * ('stop'), an error, or a change that needs a new stream ('restart').
+ */
+async function runSession(
+  opts: AgentOptions,
+  log: (e: AgentEvent) => void,
+  onProgress: () => void,
+): Promise<'stop' | 'restart'> {
+  const store = new pg.Client({ connectionString: opts.storeUrl });
+  const source = new pg.Client({ connectionString: opts.sourceUrl });
+  store.on('error', () => undefined); // surfaces through the failing query
+  source.on('error', () => undefined);
+  let stream: ReplicationStream | undefined;
+  try {
+    await store.connect();
+    await source.connect();
+    const writer = new StoreWriter(store, opts.nodeId, opts.slot);
+    const identity = await source.query<{ db: string; sysid: string }>(
+      `SELECT current_database() AS db, system_identifier::text AS sysid FROM pg_catalog.pg_control_system()`,
+    );
+    await writer.registerNode(identity.rows[0]!.db, identity.rows[0]!.sysid);
+    const catalog = new SourceCatalog(source, writer);
+    await catalog.refresh();
+    const checkpoint = await writer.checkpoint();
+    await ensureSlot(source, opts, checkpoint, log);
+
+    let decoder: Decoder;
+    let pluginOptions: Record<string, string>;
+    if (opts.plugin === 'pgoutput') {
+      decoder = new PgoutputDecoder();
+      pluginOptions = { proto_version: PGOUTPUT_PROTO_VERSION, publication_names: PUBLICATION, messages: 'true' };
+    } else {
+      const wal2json = new Wal2jsonDecoder();
+      for (const t of catalog.recording()) wal2json.knowRelation(t.schema, t.table, await catalog.columns(t.schema, t.table));
+      decoder = wal2json;
+      pluginOptions = Object.fromEntries(wal2jsonOptions(catalog.recording()));
+    }
+
+    const startLsn = checkpoint?.lsn ?? 0n;
+    stream = await ReplicationStream.start({
+      connectionString: opts.sourceUrl, slot: opts.slot, startLsn, plugin: opts.plugin, pluginOptions,
+    });
+    log({ level: 'info', event: 'streaming', message: `streaming slot ${opts.slot} from ${lsnToText(startLsn)}`, lsn: lsnToText(startLsn) });
+
+    const assembler = new TransactionAssembler(catalog);
+    let applied: Lsn = checkpoint?.lsn ?? 0n;
+    let batch: AssembledTransaction[] = [];
+    const maxBatch = opts.maxBatch ?? 500;
+
+    const flush = async (): Promise<void> => {
+      if (batch.length === 0) return;
+      const saved = await writer.apply(batch);
+      const versions = batch.reduce((n, t) => n + t.versions.length, 0);
+      log({ level: 'info', event: 'applied', message: `applied ${batch.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
+        transactions: batch.length, versions, lsn: lsnToText(saved.lsn) });
+      batch = [];
+      applied = saved.lsn;
+      stream!.confirm(saved.lsn);
+      stream!.sendStatus();
+      onProgress();
+    };
+
+    const abort = (): void => void stream?.close();
+    opts.signal?.addEventListener('abort', abort, { once: true });
+    try {
+      for (;;) {
+        const message = await stream.read();
+        if (message === null || opts.signal?.aborted) return 'stop'; // the unflushed batch is re-read next time
+        if (message.type === 'keepalive') {
+          await flush();
+          // nothing open and everything before walEnd stored: history is complete to walEnd
+          if (!assembler.inTransaction && message.walEnd > applied) {
+            const beat: Checkpoint = { lsn: message.walEnd, time: message.sendTime };
+            await writer.heartbeat(beat);
+            applied = beat.lsn;
+            stream.confirm(beat.lsn);
+            stream.sendStatus();
+            onProgress();
+          }
+          continue;
+        }
+        for (const decoded of decoder.decode(message.payload)) {
+          if (decoded.type === 'relation') await catalog.learnTypes(decoded.relation.columns.map((c) => c.typeOid));
+          const txn = assembler.push(decoded);
+          if (txn === null) continue;
+          if (txn.endLsn <= applied) continue; // stored before the restart
+          batch.push(txn);
+          if (txn.tracking.length > 0) {
+            await flush();
+            await catalog.refresh();
+            log({ level: 'info', event: 'tracking', message: txn.tracking.map((e) => `${e.action} ${e.schema}.${e.table}`).join(', ') });
+            // wal2json's add-tables is fixed for a stream: start again with the new list from here
+            if (opts.plugin === 'wal2json') return 'restart';
+          }
+        }
+        if (batch.length >= maxBatch || stream.bufferedBytes === 0) await flush();
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', abort);
+    }
+  } finally {
+    await stream?.close().catch(() => undefined);
+    await store.end().catch(() => undefined);
+    await source.end().catch(() => undefined);
+  }
+}
+
+/** Tracked tables from the store, column types from the source catalog. */
+class SourceCatalog implements Catalog {
+  private tables: TrackedTable[] = [];
+  private readonly baseTypes = new Map<number, number>();
+
+  constructor(private readonly source: pg.Client, private readonly writer: StoreWriter) {}
+
+  async refresh(): Promise<void> {
+    this.tables = await this.writer.trackedTables();
+  }
+
+  /** Tables whose changes are recorded now (tracked, not untracked). */
+  recording(): TrackedTable[] {
+    return this.tables.filter((t) => t.untrackedLsn === null);
+  }
+
+  tracked(schema: string, table: string): TrackedTable | undefined {
+    return this.tables.find((t) => t.schema === schema && t.table === table);
+  }
+
+  baseType(typeOid: number): number {
+    const base = this.baseTypes.get(typeOid);
+    if (base === undefined) throw new AgentFatalError(`type ${typeOid} was not looked up before use`);
+    return base;
+  }
+
+  /** Look up the base types (domains resolved) of types not seen yet. */
+  async learnTypes(typeOids: number[]): Promise<void> {
+    const unknown = [...new Set(typeOids)].filter((oid) => !this.baseTypes.has(oid));
+    if (unknown.length === 0) return;
+    const res = await this.source.query<{ oid: number; base: number }>(
+      `WITH RECURSIVE d(oid, base) AS (
+         SELECT t.oid, t.oid FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::oid[])
+         UNION ALL
+         SELECT d.oid, t.typbasetype FROM d JOIN pg_catalog.pg_type t ON t.oid = d.base WHERE t.typtype = 'd')
+       SELECT oid::int, base::int FROM d
+        WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = d.base AND t.typtype = 'd')`,
+      [unknown],
+    );
+    for (const r of res.rows) this.baseTypes.set(r.oid, r.base);
+    for (const oid of unknown) if (!this.baseTypes.has(oid)) this.baseTypes.set(oid, oid);
+  }
+
+  /** A table's columns now, for wal2json (which sends no relation messages). */
+  async columns(schema: string, table: string): Promise<CatalogColumn[]> {
+    const res = await this.source.query<{ name: string; type_oid: number; attnum: number; is_key: boolean }>(
+      `SELECT a.attname AS name, a.atttypid::int AS type_oid, a.attnum::int AS attnum,
+              coalesce(a.attnum = ANY(i.indkey), false) AS is_key
+         FROM pg_catalog.pg_attribute a
+         LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+        WHERE a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relname = $2)
+          AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum`,
+      [schema, table],
+    );
+    await this.learnTypes(res.rows.map((r) => r.type_oid));
+    return res.rows.map((r) => ({ name: r.name, typeOid: r.type_oid, attnum: r.attnum, isKey: r.is_key }));
+  }
+}
+
+/**
+ * The slot (and, for pgoutput, the publication) exist.  A slot missing
+ * after the agent has stored history was lost: the WAL since is gone, and
+ * so would be history; that is fatal, never silently papered over.
+ */
+async function ensureSlot(source: pg.Client, opts: AgentOptions, checkpoint: Checkpoint | null, log: (e: AgentEvent) => void): Promise<void> {
+  if (opts.plugin === 'pgoutput') {
+    const pub = await source.query(`SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1`, [PUBLICATION]);
+    if (pub.rowCount === 0) {
+      await source.query(`CREATE PUBLICATION ${PUBLICATION}`);
+      log({ level: 'info', event: 'publication_created', message: `created publication ${PUBLICATION}` });
+    }
+  }
+  const slot = await source.query<{ plugin: string; wal_status: string | null }>(
+    `SELECT plugin, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = current_database()`,
+    [opts.slot],
+  );
+  const found = slot.rows[0];
+  if (found === undefined) {
+    if (checkpoint !== null) {
+      throw new AgentFatalError(
+        `replication slot "${opts.slot}" is gone, but the store has history up to ${lsnToText(checkpoint.lsn)}: ` +
+          `changes since then are lost. Run "pgtimewarp doctor" for how to recover.`,
+      );
+    }
+    await source.query(`SELECT pg_catalog.pg_create_logical_replication_slot($1, $2)`, [opts.slot, opts.plugin]);
+    log({ level: 'info', event: 'slot_created', message: `created replication slot ${opts.slot} (${opts.plugin})` });
+    return;
+  }
+  if (found.wal_status === 'lost') {
+    throw new AgentFatalError(`replication slot "${opts.slot}" has lost WAL it needs (wal_status = lost): history has a gap. Run "pgtimewarp doctor".`);
+  }
+  if (found.wal_status === 'unreserved') {
+    log({ level: 'warning', event: 'wal_at_risk', message: `replication slot "${opts.slot}" is about to lose WAL (wal_status = unreserved)` });
+  }
+}
+
+async function recordHealth(opts: AgentOptions, severity: 'info' | 'warning' | 'error', kind: string, message: string): Promise<void> {
+  const store = new pg.Client({ connectionString: opts.storeUrl });
+  store.on('error', () => undefined);
+  await store.connect();
+  try {
+    await store.query(
+      `INSERT INTO pgtimewarp_store.health_events (node_id, severity, kind, message) VALUES ($1, $2, $3, $4)`,
+      [opts.nodeId, severity, kind, message],
+    );
+  } finally {
+    await store.end();
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+}

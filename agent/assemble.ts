@@ -11,8 +11,9 @@
 //   commit.
 // - A primary-key change closes the old key (a "delete" tombstone) and opens
 //   the new one ("insert").
-// - TRUNCATE closes every open version of the table; keys written after it
-//   in the same transaction get versions as usual.
+// - TRUNCATE closes every open version of the table.  A key written after
+//   it in the same transaction gets a version if it exists at commit; only
+//   the store knows whether it existed before, so the writer names the op.
 // - A column an UPDATE left unchanged and TOASTed is not sent: its value is
 //   taken from earlier in the transaction when known, else marked for the
 //   writer to carry forward from the key's previous version in the store
@@ -71,6 +72,13 @@ export interface VersionWrite {
   carryColumns: string[];
   /** Key whose previous version holds the carried values (the old key after a key change). */
   carryFromPk: string[] | null;
+  /**
+   * The key was first written after a TRUNCATE of its table in this
+   * transaction, so whether it existed before the transaction is known only
+   * to the store: the writer makes op "insert" or "update" by whether it
+   * closed a live version of the key.
+   */
+  opFromStore: boolean;
 }
 
 /** A tracking change announced in the stream. */
@@ -102,6 +110,8 @@ interface KeyState {
   pk: string[];
   /** The key's first change in this transaction was an INSERT. */
   bornHere: boolean;
+  /** The key's first change came after a TRUNCATE of its table in this transaction. */
+  afterTruncate: boolean;
   /** Row at this point of the transaction, or null once deleted. */
   row: Map<string, ColumnValue> | null;
   goneBy: 'delete' | 'truncate' | null;
@@ -203,13 +213,13 @@ export class TransactionAssembler {
     const id = keyId(relation.schema, relation.table, pk);
     let state = open.keys.get(id);
     if (state === undefined) {
-      const truncatedEarlier = open.truncated.has(tableId(relation.schema, relation.table));
+      const afterTruncate = open.truncated.has(tableId(relation.schema, relation.table));
       state = {
         schema: relation.schema,
         table: relation.table,
         pk,
-        // after a TRUNCATE earlier in this transaction the row did exist before it
-        bornHere: firstOp === 'insert' && !truncatedEarlier,
+        bornHere: firstOp === 'insert' && !afterTruncate,
+        afterTruncate,
         row: null,
         goneBy: null,
         carryFromPk: null,
@@ -278,12 +288,14 @@ export class TransactionAssembler {
     const versions: VersionWrite[] = [];
     for (const state of open.keys.values()) {
       if (state.row === null) {
-        // gone at commit: a tombstone, unless the row never existed outside this transaction
-        if (state.bornHere) continue;
+        // gone at commit: a tombstone, unless the row never existed outside
+        // this transaction; after a TRUNCATE, the writer's truncate step
+        // closes it if it existed
+        if (state.bornHere || state.afterTruncate) continue;
         versions.push({
           schema: state.schema, table: state.table, pk: state.pk,
           op: state.goneBy === 'truncate' ? 'truncate' : 'delete',
-          rowData: null, carryColumns: [], carryFromPk: null,
+          rowData: null, carryColumns: [], carryFromPk: null, opFromStore: false,
         });
         continue;
       }
@@ -298,6 +310,7 @@ export class TransactionAssembler {
         op: state.bornHere ? 'insert' : 'update',
         rowData, carryColumns,
         carryFromPk: carryColumns.length > 0 ? state.carryFromPk ?? state.pk : null,
+        opFromStore: state.afterTruncate,
       });
     }
     return {

@@ -33,6 +33,12 @@ export interface AgentOptions {
   log?: (event: AgentEvent) => void;
   /** Waits between reconnection attempts, ms; doubled up to the maximum. Default 1000..30000. */
   backoff?: { initialMs: number; maxMs: number };
+  /**
+   * Least time between heartbeats, ms.  Default 10000.  Each heartbeat
+   * writes to the store, and a store on the source's cluster writes WAL
+   * that the next keepalive reports: unlimited, they would feed themselves.
+   */
+  heartbeatIntervalMs?: number;
 }
 
 export interface AgentEvent {
@@ -123,6 +129,8 @@ async function runSession(
 
     const assembler = new TransactionAssembler(catalog);
     let applied: Lsn = checkpoint?.lsn ?? 0n;
+    const heartbeatInterval = opts.heartbeatIntervalMs ?? 10_000;
+    let lastHeartbeat = 0;
     let batch: AssembledTransaction[] = [];
     const maxBatch = opts.maxBatch ?? 500;
 
@@ -148,9 +156,10 @@ async function runSession(
         if (message.type === 'keepalive') {
           await flush();
           // nothing open and everything before walEnd stored: history is complete to walEnd
-          if (!assembler.inTransaction && message.walEnd > applied) {
+          if (!assembler.inTransaction && message.walEnd > applied && Date.now() - lastHeartbeat >= heartbeatInterval) {
             const beat: Checkpoint = { lsn: message.walEnd, time: message.sendTime };
             await writer.heartbeat(beat);
+            lastHeartbeat = Date.now();
             applied = beat.lsn;
             stream.confirm(beat.lsn);
             stream.sendStatus();
@@ -298,7 +307,12 @@ async function recordHealth(opts: AgentOptions, severity: 'info' | 'warning' | '
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
   });
 }

@@ -200,7 +200,7 @@ export class StoreWriter {
       schema: v.schema,
       table: v.table,
       pk: v.pk,
-      op: v.op,
+      op: v.opFromStore ? (livePrevious(v, previous) ? 'update' : 'insert') : v.op,
       row_data: withCarried(v, previous),
     }));
     await this.store.query(
@@ -217,6 +217,12 @@ function versionKey(schema: string, table: string, pk: string[]): string {
   return JSON.stringify([schema, table, pk]);
 }
 
+/** Whether the version this one follows held a row (not a delete or truncate tombstone). */
+function livePrevious(v: VersionWrite, previous: Map<string, Record<string, string | null> | null>): boolean {
+  const prior = previous.get(versionKey(v.schema, v.table, v.pk));
+  return prior !== undefined && prior !== null;
+}
+
 /** The version's row data with unchanged TOAST values filled in from the previous version. */
 function withCarried(
   v: VersionWrite,
@@ -226,14 +232,17 @@ function withCarried(
   const from = v.carryFromPk ?? v.pk;
   const prior = previous.get(versionKey(v.schema, v.table, from));
   const filled = { ...v.rowData };
+  if (prior === undefined || prior === null) {
+    throw new StoreWriteError(
+      `cannot carry the unchanged value of ${v.schema}.${v.table}.${v.carryColumns.join(', ')} for key ` +
+        `${JSON.stringify(v.pk)}: the store has no previous version of key ${JSON.stringify(from)}`,
+    );
+  }
   for (const column of v.carryColumns) {
-    if (prior === undefined || prior === null || !(column in prior)) {
-      throw new StoreWriteError(
-        `cannot carry the unchanged value of ${v.schema}.${v.table}.${column} for key ${JSON.stringify(v.pk)}: ` +
-          `the store has no previous version of key ${JSON.stringify(from)} holding it`,
-      );
-    }
-    filled[column] = prior[column] ?? null;
+    // A column the previous version lacks did not exist when it was written:
+    // wal2json, resuming, knows the table's columns as they are now, so an
+    // UPDATE from before an ADD COLUMN seems to leave the new column out.
+    if (column in prior) filled[column] = prior[column] ?? null;
   }
   return filled;
 }

@@ -1639,14 +1639,12 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 					  7, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
 	}
 
-	argtypes[1] = LSNOID;
-	args[1] = LSNGetDatum(start_lsn);
-	argtypes[2] = TIMESTAMPTZOID;
-	args[2] = TimestampTzGetDatum(start_ts);
-	store_execute("INSERT INTO pgtimewarp.lsn_time_map (node_id, lsn, commit_ts, is_heartbeat)"
-				  " VALUES ($1, $2, $3, false) ON CONFLICT DO NOTHING",
-				  3, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
-
+	/*
+	 * No lsn_time_map entry for B: resolve_time() already takes any time
+	 * from tracked_from_ts on to at least B, and lsn_time_map belongs to the
+	 * agent, whose concurrent heartbeats would make this REPEATABLE READ
+	 * remote transaction fail to serialize.
+	 */
 	write_baseline(rel, &target, node_id, start_lsn, start_ts);
 	update_publication(&target, true);
 	store_session_end(&ss);

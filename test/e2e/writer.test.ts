@@ -132,11 +132,28 @@ describe('StoreWriter', () => {
       txn(400n, [
         { type: 'truncate', relations: [docs] },
         { type: 'insert', relation: docs, newRow: row({ id: '3', title: 'three again', body: null }) },
+        { type: 'insert', relation: docs, newRow: row({ id: '8', title: 'eight', body: null }) },
+        { type: 'insert', relation: docs, newRow: row({ id: '9', title: 'gone', body: null }) },
+        { type: 'delete', relation: docs, oldRow: row({ id: '9' }) },
       ]),
     ]);
-    for (const id of [4, 10]) expect(await asof(id, 400n)).toBeNull();
+    for (const id of [4, 9, 10]) expect(await asof(id, 400n)).toBeNull();
     expect(await asof(3, 400n)).toEqual({ id: 3, title: 'three again', body: null });
+    expect(await asof(8, 400n)).toEqual({ id: 8, title: 'eight', body: null });
     expect(await asof(4, 399n)).not.toBeNull();
+
+    // 3 existed before the transaction, 8 did not, 9 never existed outside it
+    const opsAt400 = await store.query<{ pk: string[]; op: string }>(
+      `SELECT pk, op FROM pgtimewarp_store.row_versions
+        WHERE table_name = 'docs' AND valid_from_lsn = $1 ORDER BY pk`,
+      [lsnToText(trackedFrom + 400n)],
+    );
+    expect(opsAt400.rows).toEqual([
+      { pk: ['10'], op: 'truncate' },
+      { pk: ['3'], op: 'update' },
+      { pk: ['4'], op: 'truncate' },
+      { pk: ['8'], op: 'insert' },
+    ]);
 
     const ops = await store.query<{ op: string; open: boolean }>(
       `SELECT op, valid_to_lsn IS NULL AS open FROM pgtimewarp_store.row_versions

@@ -71,7 +71,7 @@ describe('TransactionAssembler', () => {
     const t = transaction([update('1', 'a'), update('1', 'b'), update('1', 'c')]);
     expect(t).toMatchObject({ commitLsn: 1000n, endLsn: 1048n, commitTime: when, commitTimeMicros: whenMicros, truncated: [], tracking: [] });
     expect(t.versions).toEqual([
-      { schema: 'public', table: 'accounts', pk: ['1'], op: 'update', rowData: { id: '1', note: 'c', big: 'b' }, carryColumns: [], carryFromPk: null },
+      { schema: 'public', table: 'accounts', pk: ['1'], op: 'update', rowData: { id: '1', note: 'c', big: 'b' }, carryColumns: [], carryFromPk: null, opFromStore: false },
     ]);
   });
 
@@ -91,8 +91,8 @@ describe('TransactionAssembler', () => {
   it('closes the old key and opens the new one on a primary-key change', () => {
     const t = transaction([update('20', 'moved', 'b', '2')]);
     expect(t.versions).toEqual([
-      { schema: 'public', table: 'accounts', pk: ['2'], op: 'delete', rowData: null, carryColumns: [], carryFromPk: null },
-      { schema: 'public', table: 'accounts', pk: ['20'], op: 'insert', rowData: { id: '20', note: 'moved', big: 'b' }, carryColumns: [], carryFromPk: null },
+      { schema: 'public', table: 'accounts', pk: ['2'], op: 'delete', rowData: null, carryColumns: [], carryFromPk: null, opFromStore: false },
+      { schema: 'public', table: 'accounts', pk: ['20'], op: 'insert', rowData: { id: '20', note: 'moved', big: 'b' }, carryColumns: [], carryFromPk: null, opFromStore: false },
     ]);
   });
 
@@ -117,14 +117,19 @@ describe('TransactionAssembler', () => {
   it('truncate closes what the transaction touched before it and is reported for the rest', () => {
     const t = transaction([
       update('1', 'before'),
+      insert('9', 'brief'),
       { type: 'truncate', relations: [accounts] },
       insert('2', 'after'),
+      insert('3', 'fleeting'),
+      del('3'),
     ]);
     expect(t.truncated).toEqual([{ schema: 'public', table: 'accounts' }]);
-    expect(t.versions.map((v) => [v.pk[0], v.op])).toEqual([
-      ['1', 'truncate'],
-      // the row may have existed before the truncate: not a plain insert
-      ['2', 'update'],
+    expect(t.versions.map((v) => [v.pk[0], v.op, v.opFromStore])).toEqual([
+      ['1', 'truncate', false],
+      // 9 lived only inside the transaction; 3, written after the truncate and
+      // gone at commit, is the truncate step's to close if it existed before
+      // whether 2 existed before is the store's to say
+      ['2', 'update', true],
     ]);
   });
 

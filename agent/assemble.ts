@@ -7,8 +7,9 @@
 //   commit.  A key inserted and deleted in the same transaction leaves none.
 // - A version's op comes from the key's first change in the transaction: a
 //   first INSERT means the row did not exist before, so "insert"; anything
-//   else means it did, so "update", or "delete" / "truncate" if it is gone at
-//   commit.
+//   else means it did, so "update", or, if it is gone at commit, "delete" or
+//   "truncate" after the statement that removed the row as it was before
+//   (the first removal: DELETE 5; INSERT 5; TRUNCATE is a "delete").
 // - A primary-key change closes the old key (a "delete" tombstone) and opens
 //   the new one ("insert").
 // - TRUNCATE closes every open version of the table.  A key written after
@@ -114,7 +115,11 @@ interface KeyState {
   afterTruncate: boolean;
   /** Row at this point of the transaction, or null once deleted. */
   row: Map<string, ColumnValue> | null;
-  goneBy: 'delete' | 'truncate' | null;
+  /**
+   * The statement that first removed the key's row in this transaction: the
+   * one that removed the row as it was before, which names a tombstone.
+   */
+  firstRemoval: 'delete' | 'truncate' | null;
   carryFromPk: string[] | null;
 }
 
@@ -221,7 +226,7 @@ export class TransactionAssembler {
         bornHere: firstOp === 'insert' && !afterTruncate,
         afterTruncate,
         row: null,
-        goneBy: null,
+        firstRemoval: null,
         carryFromPk: null,
       };
       open.keys.set(id, state);
@@ -244,10 +249,9 @@ export class TransactionAssembler {
         carried = old.row;
         carryFromPk = old.row === null ? oldPk : old.carryFromPk ?? oldPk;
         old.row = null;
-        old.goneBy = 'delete';
+        old.firstRemoval ??= 'delete';
         const fresh = this.stateFor(relation, newPk, 'insert');
         fresh.row = mergeRow(newRow, carried);
-        fresh.goneBy = null;
         fresh.carryFromPk = carryFromPk;
         return;
       }
@@ -255,7 +259,6 @@ export class TransactionAssembler {
 
     const state = this.stateFor(relation, newPk, kind === 'insert' ? 'insert' : 'other');
     state.row = mergeRow(newRow, state.row);
-    state.goneBy = null;
   }
 
   private applyDelete(relation: RelationInfo, oldRow: RowImage): void {
@@ -263,7 +266,7 @@ export class TransactionAssembler {
     if (tracked === undefined) return;
     const state = this.stateFor(relation, this.keyOf(relation, tracked, oldRow), 'other');
     state.row = null;
-    state.goneBy = 'delete';
+    state.firstRemoval ??= 'delete';
   }
 
   private applyTruncate(relation: RelationInfo): void {
@@ -272,7 +275,7 @@ export class TransactionAssembler {
     for (const state of open.keys.values()) {
       if (state.schema === relation.schema && state.table === relation.table && state.row !== null) {
         state.row = null;
-        state.goneBy = 'truncate';
+        state.firstRemoval ??= 'truncate';
       }
     }
     open.truncated.set(tableId(relation.schema, relation.table), { schema: relation.schema, table: relation.table });
@@ -294,7 +297,7 @@ export class TransactionAssembler {
         if (state.bornHere || state.afterTruncate) continue;
         versions.push({
           schema: state.schema, table: state.table, pk: state.pk,
-          op: state.goneBy === 'truncate' ? 'truncate' : 'delete',
+          op: state.firstRemoval ?? 'delete',
           rowData: null, carryColumns: [], carryFromPk: null, opFromStore: false,
         });
         continue;

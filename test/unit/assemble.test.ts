@@ -169,3 +169,12 @@ describe('TransactionAssembler', () => {
     expect(() => assembler.push({ type: 'commit', commitLsn: 300n, endLsn: 310n, commitTime: when, commitTimeMicros: whenMicros })).toThrow(/BEGIN said/);
   });
 });
+
+describe('tombstone names', () => {
+  it('come from the statement that removed the row as it was before the transaction', () => {
+    const deletedFirst = transaction([del('1'), insert('1', 'again'), { type: 'truncate', relations: [accounts] }]);
+    expect(deletedFirst.versions.map((v) => [v.pk[0], v.op])).toEqual([['1', 'delete']]);
+    const truncatedFirst = transaction([update('1', 'x'), { type: 'truncate', relations: [accounts] }, insert('1', 'y'), del('1')]);
+    expect(truncatedFirst.versions.map((v) => [v.pk[0], v.op])).toEqual([['1', 'truncate']]);
+  });
+});

@@ -45,6 +45,15 @@ export interface Cluster {
   psql(sql: string, dbname?: string): Promise<string>;
   /** The last `lines` lines of the server log. */
   logTail(lines?: number): string;
+  /**
+   * Restart the server on the same data directory and port: pg_ctl stop in
+   * `mode` (default "fast"; "immediate" is a crash: recovery on start), wait
+   * `downMs` (default 0) while it is down, pg_ctl start.  Clients from
+   * connect() are ended first (the server drops every connection anyway);
+   * connect again afterwards.  Nothing else changes: databases, settings and
+   * replication slots stay (after "immediate", as of the last checkpoint).
+   */
+  restart(opts?: { mode?: 'fast' | 'immediate'; downMs?: number }): Promise<void>;
   /** Stop the server (immediate mode) and delete its files. Idempotent. */
   stop(): Promise<void>;
 }
@@ -325,6 +334,30 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     },
     logTail(lines = LOG_TAIL_LINES) {
       return readTail(logFile, lines);
+    },
+    async restart({ mode = 'fast', downMs = 0 } = {}) {
+      if (stopped) throw new ClusterError('restart() after stop()');
+      await Promise.all(
+        [...clients].map(async (client) => {
+          client.on('error', () => {}); // the server is going away; that is the point
+          await client.end().catch(() => {});
+        }),
+      );
+      const down = await runServerProgram('pg_ctl', ['-D', dataDir, '-m', mode, '-w', '-t', '60', 'stop'], dir);
+      if (down.code !== 0) {
+        throw new ClusterError(`${describeFailure('pg_ctl stop', down)}\n--- last lines of ${logFile} ---\n${readTail(logFile, LOG_TAIL_LINES)}`);
+      }
+      if (downMs > 0) await new Promise((resolve) => setTimeout(resolve, downMs));
+      // the port is the last port line of postgresql.conf, as at the first start
+      const up = await runServerProgram(
+        'pg_ctl',
+        ['-D', dataDir, '-l', logFile, '-w', '-t', '60', 'start'],
+        dir,
+        serverEnv({ PGHOST: dir, PGPORT: String(port) }),
+      );
+      if (up.code !== 0) {
+        throw new ClusterError(`${describeFailure(`pg_ctl start (port ${port}, data ${dataDir})`, up)}\n--- last lines of ${logFile} ---\n${readTail(logFile, LOG_TAIL_LINES)}`);
+      }
     },
     async stop() {
       if (stopped) return;

@@ -11,7 +11,7 @@
 import pg from 'pg';
 
 import { TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable } from './assemble.js';
-import { lsnToText, type Decoder, type Lsn } from './decode.js';
+import { lsnFromText, lsnToText, type Decoder, type Lsn } from './decode.js';
 import { PGOUTPUT_PROTO_VERSION, PgoutputDecoder } from './pgoutput.js';
 import { ReplicationStream } from './replication.js';
 import { Wal2jsonDecoder, wal2jsonOptions, type CatalogColumn } from './wal2json.js';
@@ -108,6 +108,7 @@ async function runSession(
     await catalog.refresh();
     const checkpoint = await writer.checkpoint();
     await ensureSlot(source, opts, checkpoint, log);
+    if (checkpoint === null) await refuseHistoryGaps(source, opts, catalog.recording());
 
     let decoder: Decoder;
     let pluginOptions: Record<string, string>;
@@ -289,6 +290,31 @@ async function ensureSlot(source: pg.Client, opts: AgentOptions, checkpoint: Che
   if (found.wal_status === 'unreserved') {
     log({ level: 'warning', event: 'wal_at_risk', message: `replication slot "${opts.slot}" is about to lose WAL (wal_status = unreserved)` });
   }
+}
+
+/**
+ * Before the agent's first checkpoint: a table tracked before the slot
+ * existed has changes the slot never saw (between its tracked_from_lsn and
+ * the slot's start), and heartbeats would then call its history complete.
+ * Refuse, until it is tracked again from a point the slot covers.  Checked
+ * on every start until the first checkpoint, which this refusal prevents.
+ */
+async function refuseHistoryGaps(source: pg.Client, opts: AgentOptions, tables: TrackedTable[]): Promise<void> {
+  const slot = await source.query<{ lsn: string }>(
+    `SELECT confirmed_flush_lsn::text AS lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+    [opts.slot],
+  );
+  const start = slot.rows[0] === undefined ? null : lsnFromText(slot.rows[0].lsn);
+  if (start === null) return;
+  const gaps = tables.filter((t) => t.trackedFromLsn < start);
+  if (gaps.length === 0) return;
+  const names = gaps.map((t) => `${t.schema}.${t.table}`);
+  throw new AgentFatalError(
+    `${names.join(', ')} began tracking before replication slot "${opts.slot}" existed (the slot starts at ` +
+      `${lsnToText(start)}), so changes made in between were never streamed and history would have a gap. ` +
+      `Track again now that the slot exists: ` +
+      names.map((n) => `SELECT pgtimewarp_untrack('${n}'); SELECT pgtimewarp_forget('${n}'); SELECT pgtimewarp_track('${n}');`).join(' '),
+  );
 }
 
 async function recordHealth(opts: AgentOptions, severity: 'info' | 'warning' | 'error', kind: string, message: string): Promise<void> {

@@ -10,12 +10,12 @@
 
 import pg from 'pg';
 
-import { TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable } from './assemble.js';
+import { AssemblyError, TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable } from './assemble.js';
 import { lsnFromText, lsnToText, type Decoder, type Lsn } from './decode.js';
-import { PGOUTPUT_PROTO_VERSION, PgoutputDecoder } from './pgoutput.js';
+import { PGOUTPUT_PROTO_VERSION, PgoutputDecodeError, PgoutputDecoder } from './pgoutput.js';
 import { ReplicationStream } from './replication.js';
-import { Wal2jsonDecoder, wal2jsonOptions, type CatalogColumn } from './wal2json.js';
-import { StoreWriter, type Checkpoint } from './writer.js';
+import { Wal2jsonDecoder, Wal2jsonError, wal2jsonOptions, type CatalogColumn } from './wal2json.js';
+import { StoreWriteError, StoreWriter, type Checkpoint } from './writer.js';
 
 export const PUBLICATION = 'pgtimewarp';
 
@@ -75,7 +75,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       }
       const message = err instanceof Error ? err.message : String(err);
       log({ level: 'warning', event: 'retry', message: `${message}; retrying in ${wait} ms`, waitMs: wait });
-      await recordHealth(opts, 'warning', 'agent_retry', message).catch(() => undefined);
+      await recordHealth(opts, 'warning', retryKind(err), message).catch(() => undefined);
       await sleep(wait, opts.signal);
       wait = Math.min(wait * 2, backoff.maxMs);
     }
@@ -109,6 +109,8 @@ async function runSession(
     const checkpoint = await writer.checkpoint();
     await ensureSlot(source, opts, checkpoint, log);
     if (checkpoint === null) await refuseHistoryGaps(source, opts, catalog.recording());
+    const health = new HealthCheck(source, writer, opts.slot, log);
+    await health.run(catalog.recording());
 
     let decoder: Decoder;
     let pluginOptions: Record<string, string>;
@@ -161,6 +163,7 @@ async function runSession(
             const beat: Checkpoint = { lsn: message.walEnd, time: message.sendTime };
             await writer.heartbeat(beat);
             lastHeartbeat = Date.now();
+            await health.run(catalog.recording());
             applied = beat.lsn;
             stream.confirm(beat.lsn);
             stream.sendStatus();
@@ -289,6 +292,84 @@ async function ensureSlot(source: pg.Client, opts: AgentOptions, checkpoint: Che
   }
   if (found.wal_status === 'unreserved') {
     log({ level: 'warning', event: 'wal_at_risk', message: `replication slot "${opts.slot}" is about to lose WAL (wal_status = unreserved)` });
+  }
+}
+
+/** The health event kind of an error the agent retries after. */
+export function retryKind(err: unknown): string {
+  if (err instanceof PgoutputDecodeError || err instanceof Wal2jsonError) return 'decode_error';
+  if (err instanceof AssemblyError) return 'decode_error';
+  if (err instanceof StoreWriteError) return 'store_write_error';
+  return 'agent_retry';
+}
+
+/** How much WAL headroom a slot has left before it is at risk, as pg_replication_slots says. */
+export function walRisk(walStatus: string | null, safeWalSize: bigint | null, warnBelowBytes: bigint): string | null {
+  if (walStatus === 'lost') return 'the slot has lost WAL it needs: history has a gap';
+  if (walStatus === 'unreserved') return 'the slot is about to lose WAL it needs (wal_status = unreserved)';
+  if (safeWalSize !== null && safeWalSize < warnBelowBytes) {
+    return `only ${safeWalSize} bytes of WAL can still be written before the slot loses WAL it needs (safe_wal_size)`;
+  }
+  return null;
+}
+
+/**
+ * Conditions an operator must hear about, each recorded as a health event
+ * when it appears (not again while it lasts): WAL retention at risk, a
+ * tracked table dropped or without a primary key.
+ */
+class HealthCheck {
+  private readonly reported = new Set<string>();
+  /** Warn when the slot can lose WAL within this much more WAL: 1 GiB. */
+  private static readonly SAFE_WAL_WARN_BYTES = 1n << 30n;
+
+  constructor(
+    private readonly source: pg.Client,
+    private readonly writer: StoreWriter,
+    private readonly slot: string,
+    private readonly log: (e: AgentEvent) => void,
+  ) {}
+
+  async run(tables: TrackedTable[]): Promise<void> {
+    const found = new Map<string, { severity: 'warning' | 'error'; kind: string; message: string }>();
+    const slot = await this.source.query<{ wal_status: string | null; safe_wal_size: string | null }>(
+      `SELECT wal_status, safe_wal_size::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const row = slot.rows[0];
+    if (row !== undefined) {
+      const risk = walRisk(row.wal_status, row.safe_wal_size === null ? null : BigInt(row.safe_wal_size), HealthCheck.SAFE_WAL_WARN_BYTES);
+      if (risk !== null) {
+        found.set('wal', { severity: row.wal_status === 'lost' ? 'error' : 'warning', kind: 'wal_at_risk', message: `replication slot "${this.slot}": ${risk}` });
+      }
+    }
+    if (tables.length > 0) {
+      const res = await this.source.query<{ schema: string; table: string; exists: boolean; has_pk: boolean }>(
+        `SELECT t.schema, t.table, c.oid IS NOT NULL AS exists,
+                EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk
+           FROM jsonb_to_recordset($1::jsonb) AS t(schema text, "table" text)
+           LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema
+           LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t."table"`,
+        [JSON.stringify(tables.map((t) => ({ schema: t.schema, table: t.table })))],
+      );
+      for (const t of res.rows) {
+        const name = `${t.schema}.${t.table}`;
+        if (!t.exists) {
+          found.set(`gone:${name}`, { severity: 'warning', kind: 'tracked_table_missing',
+            message: `tracked table ${name} no longer exists in the source (dropped or renamed); its history stays in the store` });
+        } else if (!t.has_pk) {
+          found.set(`nopk:${name}`, { severity: 'error', kind: 'tracked_table_without_pk',
+            message: `tracked table ${name} has no primary key any more; its changes cannot be keyed` });
+        }
+      }
+    }
+    for (const [key, event] of found) {
+      if (this.reported.has(key)) continue;
+      this.log({ level: event.severity, event: event.kind, message: event.message });
+      await this.writer.recordHealth(event.severity, event.kind, event.message);
+      this.reported.add(key);
+    }
+    for (const key of [...this.reported]) if (!found.has(key)) this.reported.delete(key);
   }
 }
 

@@ -52,6 +52,15 @@ export class StoreWriter {
     );
   }
 
+  /** A health event for `pgtimewarp doctor` and operators. */
+  async recordHealth(severity: 'info' | 'warning' | 'error', kind: string, message: string, detail?: object): Promise<void> {
+    await this.store.query(
+      `INSERT INTO pgtimewarp_store.health_events (node_id, severity, kind, message, detail)
+       VALUES ($1, $2, $3, $4, $5)`,
+      [this.nodeId, severity, kind, message, detail === undefined ? null : JSON.stringify(detail)],
+    );
+  }
+
   /** Where the agent left off, or null before its first checkpoint. */
   async checkpoint(): Promise<Checkpoint | null> {
     const res = await this.store.query<{ lsn: string; ts: Date }>(

@@ -89,6 +89,34 @@ describe('values through the agent on pgoutput', () => {
 
 });
 
+describe('health events', () => {
+  it('records a tracked table that was dropped, once', async () => {
+    const { source } = timewarp;
+    await source.query(`CREATE TABLE gone_soon (id int PRIMARY KEY)`);
+    await source.query(`SELECT pgtimewarp_track('gone_soon')`);
+    await source.query(`DROP TABLE gone_soon`);
+    const store = await cluster().connect('store');
+    try {
+      const events = async (): Promise<Array<{ severity: string; kind: string; message: string }>> =>
+        (await store.query<{ severity: string; kind: string; message: string }>(
+          `SELECT severity, kind, message FROM pgtimewarp_store.health_events
+            WHERE node_id = $1 AND kind = 'tracked_table_missing'`,
+          [timewarp.nodeId],
+        )).rows;
+      const deadline = Date.now() + 30_000;
+      while ((await events()).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      // several heartbeats later, still one event: it is reported when it appears
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(await events()).toEqual([{
+        severity: 'warning', kind: 'tracked_table_missing',
+        message: 'tracked table public.gone_soon no longer exists in the source (dropped or renamed); its history stays in the store',
+      }]);
+    } finally {
+      await store.end();
+    }
+  });
+});
+
 describe('a table tracked before the slot existed', () => {
   it('stops the agent with the fix, and the fix works', async () => {
     const early = await setupTimewarp(cluster(), { sourceDb: 'early_src', storeDb: 'early_store', nodeId: 'early' });

@@ -51,6 +51,7 @@ import { afterAll, afterEach, describe, expect, it, onTestFailed } from 'vitest'
 
 import { migrateStore } from '../../installer/store.js';
 import type { Cluster } from '../support/cluster.js';
+import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -95,14 +96,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return;
-    await sleep(100);
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms`);
-}
 
 // ---------------------------------------------------------------------------
 // Setup: source database on one cluster, store database on the other
@@ -844,7 +837,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
       // the agent streams again after the last restart (so each restart cuts a stream), and
       // right after a burst of commits it is most likely still behind: it loses its stream mid-work
       await waitFor(`slot ${setup.slot} active\n${agent.describe()}`, async () =>
-        (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active`, [setup.slot])).rowCount === 1);
+        (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active`, [setup.slot])).rowCount === 1, 60_000);
       await sourceCluster().restart({ mode }); // ends `source`
       source = await sourceCluster().connect(setup.sourceDb);
       await model.run(source, 400);

@@ -68,6 +68,7 @@ import { afterAll, describe, expect, it, onTestFailed } from 'vitest';
 
 import { runAgent, type AgentEvent } from '../../agent/run.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
+import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
 const cluster = useCluster();
@@ -725,14 +726,6 @@ function clip(text: string | null, at: number): string {
   return `${from > 0 ? '…' : ''}${text.slice(from, to)}${to < text.length ? `… (${text.length} chars)` : ''}`;
 }
 
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`condition not met within ${timeoutMs} ms`);
-}
 
 // ---------------------------------------------------------------------------
 
@@ -798,7 +791,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
       backoff: { initialMs: 100, maxMs: 1000 },
     });
     running.catch((err: unknown) => { agentError = err; });
-    await waitFor(async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`model_${plugin}`])).rowCount === 1);
+    await waitFor('the agent\'s slot', async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`model_${plugin}`])).rowCount === 1, 60_000);
     await source.query(`SELECT pgtimewarp_track('items')`);
     transcript.push(`SELECT pgtimewarp_track('items');`);
     await model.snapshot('after tracking');
@@ -809,7 +802,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
     await workload.sentinel();
     const workloadMs = Date.now() - started;
 
-    await waitFor(async () => {
+    await waitFor('the sentinel in the store', async () => {
       if (agentError !== undefined) throw new Error(`the agent stopped: ${String(agentError)}; ${replay}`);
       // a clean run needs no retry: say why at once rather than time out
       const trouble = events.filter((e) => e.level !== 'info');
@@ -818,7 +811,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
         `SELECT pgtimewarp_asof_pk_lsn('items', $1, 'FFFFFFFF/FFFFFFFF') IS NOT NULL AS ok`, [JSON.stringify({ id: SENTINEL })],
       ).catch(() => ({ rows: [{ ok: false }] }));
       return res.rows[0]?.ok === true;
-    });
+    }, 60_000);
     console.log(`agent model (${plugin}, seed ${seed}): ${transactions} transactions, ${model.snapshots.length} snapshots, ` +
       `${[...model.versions.values()].reduce((n, v) => n + v.length, 0)} versions of ${model.versions.size} keys; ` +
       `workload ${workloadMs} ms, stored after ${Date.now() - started} ms`);

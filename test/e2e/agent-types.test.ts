@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgent } from '../../agent/run.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
+import { waitFor } from '../support/wait.js';
 
 const cluster = useCluster({ settings: { wal_sender_timeout: '2s' } });
 
@@ -40,27 +41,19 @@ beforeAll(async () => {
     slot: 'types', plugin: 'pgoutput', signal: stop.signal, heartbeatIntervalMs: 200,
   });
   // the slot first: changes are recorded only from where the slot starts
-  for (const deadline = Date.now() + 30_000; ;) {
-    if ((await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'types'`)).rowCount === 1) break;
-    if (Date.now() > deadline) throw new Error('the agent did not create its slot within 30 s');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitFor('the agent\'s slot', async () =>
+    (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'types'`)).rowCount === 1, 30_000);
   await source.query(`SELECT pgtimewarp_track('typed')`);
   await source.query(`INSERT INTO typed VALUES ${ROWS}`);
   // an update leaving the other columns alone: they reach the store through the update path
   await source.query(`UPDATE typed SET t = t || '!' WHERE id = 1`);
   // wait until history is complete past these changes (a heartbeat after them)
   const { rows } = await source.query<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`);
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const status = await source.query<{ ok: boolean }>(
+  await waitFor('the agent to store the changes', async () =>
+    (await source.query<{ ok: boolean }>(
       `SELECT coalesce(confirmed_lsn >= $1::pg_lsn, false) AS ok FROM pgtimewarp_status() WHERE table_name = 'typed'`,
       [rows[0]!.lsn],
-    );
-    if (status.rows[0]?.ok) break;
-    if (Date.now() > deadline) throw new Error('the agent did not catch up within 30 s');
-    await new Promise((r) => setTimeout(r, 100));
-  }
+    )).rows[0]?.ok === true, 30_000);
 });
 
 afterAll(async () => {
@@ -103,8 +96,7 @@ describe('health events', () => {
             WHERE node_id = $1 AND kind = 'tracked_table_missing'`,
           [timewarp.nodeId],
         )).rows;
-      const deadline = Date.now() + 30_000;
-      while ((await events()).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      await waitFor('a tracked_table_missing event', async () => (await events()).length > 0, 30_000);
       // several heartbeats later, still one event: it is reported when it appears
       await new Promise((r) => setTimeout(r, 1000));
       expect(await events()).toEqual([{
@@ -142,15 +134,12 @@ describe('a table tracked before the slot existed', () => {
       const stopEarly = new AbortController();
       const agent = runAgent({ ...opts, signal: stopEarly.signal });
       await source.query(`UPDATE early SET v = 'streamed' WHERE id = 1`);
-      const deadline = Date.now() + 30_000;
-      let seen: string | null = null;
-      while (seen !== 'streamed' && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 100));
+      const seen = await waitFor('the update after tracking again', async () => {
         const res = await source.query<{ v: string | null }>(
           `SELECT pgtimewarp_asof_pk_lsn('early', '{"id": 1}', 'FFFFFFFF/FFFFFFFF') ->> 'v' AS v`,
         ).catch(() => ({ rows: [{ v: null }] }));
-        seen = res.rows[0]?.v ?? null;
-      }
+        return res.rows[0]?.v === 'streamed' ? res.rows[0].v : undefined;
+      }, 30_000);
       stopEarly.abort();
       await agent;
       expect(seen).toBe('streamed');

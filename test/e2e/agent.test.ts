@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent, type AgentEvent } from '../../agent/run.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
+import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
 // frequent keepalives, so heartbeats and retries happen within a test
@@ -67,7 +68,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s', (plugin) => 
       slot: `agent_${plugin}`, plugin, signal: stop.signal, log: (e) => events.push(e),
       backoff: { initialMs: 100, maxMs: 1000 },
     });
-    await waitFor(async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`agent_${plugin}`])).rowCount === 1);
+    await waitFor('the agent\'s slot', async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`agent_${plugin}`])).rowCount === 1, 30_000);
     await source.query(`SELECT pgtimewarp_track('items')`);
     history.push(await snapshot(source));
 
@@ -94,10 +95,10 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s', (plugin) => 
 
   it('stores every version, then answers every key at every recorded LSN as the table was', async () => {
     const { source } = timewarp;
-    await waitFor(async () =>
+    await waitFor('the sentinel in the store', async () =>
       (await source.query(`SELECT pgtimewarp_asof_pk_lsn('items', $1, 'FFFFFFFF/FFFFFFFF') IS NOT NULL AS ok`,
         [JSON.stringify({ id: SENTINEL })]).catch(() => ({ rows: [{ ok: false }] }))).rows[0]?.ok === true,
-    );
+    30_000);
 
     const ids = new Set<number>();
     for (const s of history) for (const id of s.rows.keys()) ids.add(id);
@@ -156,11 +157,3 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s', (plugin) => 
   });
 });
 
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`condition not met within ${timeoutMs} ms`);
-}

@@ -36,6 +36,7 @@ import {
 import { canonicalOptions } from '../../agent/key.js';
 import { PgoutputDecodeError, PgoutputDecoder } from '../../agent/pgoutput.js';
 import { ReplicationStream, type XLogData } from '../../agent/replication.js';
+import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
 // track_commit_timestamp: to check decoded commit times to the microsecond.
@@ -154,15 +155,6 @@ interface SlotRow {
   data: Buffer;
 }
 
-async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 /** Check one transaction's LSNs and commit time against the WAL and commit_ts. */
 async function checkCommit(begin: Begin, commit: Commit, xid: string, expectedMicros?: bigint): Promise<void> {

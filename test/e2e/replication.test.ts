@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lsnFromText, lsnToText, type DecodedMessage, type Lsn } from '../../agent/decode.js';
 import { PgoutputDecoder } from '../../agent/pgoutput.js';
 import { ReplicationStream, startReplicationCommand, type ReplicationMessage, type XLogData } from '../../agent/replication.js';
+import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
 const cluster = useCluster({ settings: { wal_sender_timeout: '2s' } });
@@ -56,16 +57,6 @@ async function slotState(name: string): Promise<SlotState> {
   return { active: rows[0].active, confirmedFlush: lsnFromText(rows[0].confirmed_flush_lsn) };
 }
 
-/** Poll `probe` until it returns a value other than undefined. */
-async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 /** Reads a stream continuously in the background, collecting what arrives. */
 class Collector {

@@ -2,7 +2,8 @@
 // transaction produces out.  Pure logic; the store writer applies the result.
 //
 // Semantics (DESIGN.md, "Semantics" and "Hard cases"):
-// - Every version a transaction writes carries its commit LSN, so several
+// - Every version a transaction writes carries its commit LSN (the end of
+//   its commit record, where it becomes visible: agent/writer.ts), so several
 //   changes of one key in one transaction make one version: its state at
 //   commit.  A key inserted and deleted in the same transaction leaves none.
 // - A version's op comes from the key's first change in the transaction: a
@@ -185,7 +186,13 @@ export class TransactionAssembler {
     return this.open;
   }
 
-  /** Whether changes to this table in the open transaction are recorded. */
+  /**
+   * Whether changes to this table in the open transaction are recorded.
+   * Decided here, mid-transaction, by the commit record's start (BEGIN's
+   * final LSN; the end is known only at COMMIT).  For a tracked table the
+   * two agree: pgtimewarp_track's lock means every earlier commit to the
+   * table ended by tracked_from_lsn and every later one starts after it.
+   */
   private trackedNow(relation: RelationInfo): TrackedTable | undefined {
     const tracked = this.catalog.tracked(relation.schema, relation.table);
     if (tracked === undefined) return undefined;

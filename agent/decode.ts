@@ -54,9 +54,12 @@ export type DecodedMessage =
     }
   | {
       type: 'commit';
-      /** LSN of the commit record: the transaction's commit LSN. */
+      /** Start of the commit record (equals BEGIN's finalLsn). */
       commitLsn: Lsn;
-      /** End of the commit record: where a restart may resume after it. */
+      /**
+       * End of the commit record: where the transaction becomes visible (the
+       * LSN its versions are valid from) and where a restart resumes after it.
+       */
       endLsn: Lsn;
       commitTime: Date;
       /**

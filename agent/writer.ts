@@ -147,7 +147,11 @@ export class StoreWriter {
   }
 
   private async applyOne(txn: AssembledTransaction): Promise<void> {
-    const commitLsn = lsnToText(txn.commitLsn);
+    // A commit is visible at L when its commit record has ended by L: the
+    // record's start can equal the end of the commit before it, so a version
+    // dated by the start would show at a position where that earlier commit
+    // had completed and this one had not.
+    const commitLsn = lsnToText(txn.endLsn);
     const commitTime = unixMicrosToIso(txn.commitTimeMicros);
     if (txn.versions.length > 0) {
       const previous = await this.closeOpenVersions(txn, commitLsn, commitTime);

@@ -30,6 +30,7 @@ const docs: RelationInfo = {
 };
 
 const BIG = 'x'.repeat(100_000);
+const COMMIT_RECORD = 8n;
 
 function row(values: Record<string, ColumnValue>): Map<string, ColumnValue> {
   return new Map(Object.entries(values));
@@ -37,7 +38,10 @@ function row(values: Record<string, ColumnValue>): Map<string, ColumnValue> {
 
 let assembler: TransactionAssembler;
 
-/** Assemble one transaction committing `offset` bytes after tracking began. */
+/**
+ * Assemble one transaction whose commit record starts `offset` bytes after
+ * tracking began and ends COMMIT_RECORD bytes later, where it is visible.
+ */
 function txn(offset: bigint, changes: DecodedMessage[]): AssembledTransaction {
   const commitLsn = trackedFrom + offset;
   const commitTime = new Date(Date.UTC(2030, 0, 1, 0, 0, Number(offset)));
@@ -45,15 +49,16 @@ function txn(offset: bigint, changes: DecodedMessage[]): AssembledTransaction {
   const commitTimeMicros = BigInt(commitTime.getTime()) * 1000n + 654n;
   assembler.push({ type: 'begin', xid: Number(offset), finalLsn: commitLsn, commitTime, commitTimeMicros });
   for (const change of changes) assembler.push(change);
-  const done = assembler.push({ type: 'commit', commitLsn, endLsn: commitLsn + 8n, commitTime, commitTimeMicros });
+  const done = assembler.push({ type: 'commit', commitLsn, endLsn: commitLsn + COMMIT_RECORD, commitTime, commitTimeMicros });
   if (done === null) throw new Error('no transaction');
   return done;
 }
 
+/** The row at the end of the commit record of the transaction at `offset` (txn()). */
 async function asof(id: number, offset: bigint): Promise<Record<string, unknown> | null> {
   const res = await timewarp.source.query<{ r: Record<string, unknown> | null }>(
     `SELECT pgtimewarp_asof_pk_lsn('docs', $1, $2) AS r`,
-    [JSON.stringify({ id }), lsnToText(trackedFrom + offset)],
+    [JSON.stringify({ id }), lsnToText(trackedFrom + offset + COMMIT_RECORD)],
   );
   return res.rows[0]?.r ?? null;
 }
@@ -107,13 +112,13 @@ describe('StoreWriter', () => {
     const times = await store.query<{ t: string }>(
       `SELECT to_char(commit_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS t
          FROM pgtimewarp_store.lsn_time_map WHERE lsn = $1`,
-      [lsnToText(trackedFrom + 100n)],
+      [lsnToText(trackedFrom + 100n + COMMIT_RECORD)],
     );
     expect(times.rows).toEqual([{ t: '2030-01-01 00:01:40.000654' }]);
     const versionTimes = await store.query<{ t: string }>(
       `SELECT to_char(valid_from_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS t
          FROM pgtimewarp_store.row_versions WHERE valid_from_lsn = $1`,
-      [lsnToText(trackedFrom + 200n)],
+      [lsnToText(trackedFrom + 200n + COMMIT_RECORD)],
     );
     expect(versionTimes.rows.map((r) => r.t)).toEqual(['2030-01-01 00:03:20.000654', '2030-01-01 00:03:20.000654']);
 
@@ -146,7 +151,7 @@ describe('StoreWriter', () => {
     const opsAt400 = await store.query<{ pk: string[]; op: string }>(
       `SELECT pk, op FROM pgtimewarp_store.row_versions
         WHERE table_name = 'docs' AND valid_from_lsn = $1 ORDER BY pk`,
-      [lsnToText(trackedFrom + 400n)],
+      [lsnToText(trackedFrom + 400n + COMMIT_RECORD)],
     );
     expect(opsAt400.rows).toEqual([
       { pk: ['10'], op: 'truncate' },

@@ -435,7 +435,7 @@ class Workload {
     return s.columns.filter((c) => c.name !== 'id' && c.name !== 'big' && c.name !== 'j');
   }
 
-  private assignments(s: TableState, columns: Column[], params: Array<string | number | null>): string {
+  private assignments(columns: Column[], params: Array<string | number | null>): string {
     return columns.map((c) => {
       params.push(valueFor(this.r, this.plugin, c));
       return `${ident(c.name)} = $${params.length}::${c.type}`;
@@ -520,14 +520,14 @@ class Workload {
         else columns = s.columns.filter((c) => c.name === (kind === 'update big' ? 'big' : 'j'));
         if (columns.length === 0) columns = this.someOf(this.smallColumns(s), 1, 1);
         if (kind !== 'update small' && this.r.chance(0.3)) columns.push(...this.someOf(this.smallColumns(s), 1, 1));
-        const set = this.assignments(s, [...new Set(columns)], params);
+        const set = this.assignments([...new Set(columns)], params);
         params.push(String(id));
         const res = await this.exec(`UPDATE items SET ${set} WHERE id = $${params.length}::int RETURNING id`, params);
         return this.wrote(this.returnedIds(res));
       }
       case 'update range': {
         const columns = this.someOf(this.smallColumns(s), 1, 2);
-        const set = this.assignments(s, columns, params);
+        const set = this.assignments(columns, params);
         params.push(this.r.int(2, 5));
         params.push(this.r.int(0, Number(params[params.length - 1]) - 1));
         const res = await this.exec(
@@ -546,8 +546,8 @@ class Workload {
         if (to === undefined) return;
         params.push(String(to));
         let set = `id = $1::int`;
-        if (this.r.chance(0.4)) set += `, ${this.assignments(s, this.someOf(this.smallColumns(s), 1, 2), params)}`;
-        if (this.r.chance(0.15)) set += `, ${this.assignments(s, s.columns.filter((c) => c.name === 'big'), params)}`;
+        if (this.r.chance(0.4)) set += `, ${this.assignments(this.someOf(this.smallColumns(s), 1, 2), params)}`;
+        if (this.r.chance(0.15)) set += `, ${this.assignments(s.columns.filter((c) => c.name === 'big'), params)}`;
         params.push(String(id));
         const res = await this.exec(`UPDATE items SET ${set} WHERE id = $${params.length}::int RETURNING id`, params);
         if (res.rowCount === 1) this.removed([id], 'delete');

@@ -1539,6 +1539,28 @@ refuse_if_written_here(Oid relid)
 }
 
 /*
+ * Changes are recorded only from where the agent's slot starts.  Without a
+ * logical slot in this database yet, changes made before the agent creates
+ * one are lost to history, and the agent will refuse the table: say so now.
+ */
+static void
+warn_if_no_slot(TargetTable *target)
+{
+	store_execute("SELECT 1 FROM pg_catalog.pg_replication_slots"
+				  " WHERE slot_type = 'logical' AND database = pg_catalog.current_database()",
+				  0, NULL, NULL, NULL, true, 1, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		return;
+	ereport(WARNING,
+			(errcode(ERRCODE_WARNING),
+			 errmsg("no logical replication slot exists in this database yet"),
+			 errdetail("Changes to table \"%s\" are recorded only from where the pgtimewarp agent's slot starts; changes made before the agent creates it are not, and the agent will refuse the table.",
+					   target->display_name),
+			 errhint("Start the agent first, then track the table again: SELECT pgtimewarp_untrack('%s'); SELECT pgtimewarp_forget('%s'); SELECT pgtimewarp_track('%s');",
+					 target->display_name, target->display_name, target->display_name)));
+}
+
+/*
  * pgtimewarp_track(rel regclass) RETURNS pg_lsn
  *
  * Concurrency: the table is locked in SHARE ROW EXCLUSIVE mode, which waits
@@ -1647,6 +1669,7 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 	 */
 	write_baseline(rel, &target, node_id, start_lsn, start_ts);
 	update_publication(&target, true);
+	warn_if_no_slot(&target);
 	store_session_end(&ss);
 
 	emit_tracking_message("track", node_id, &target, start_lsn);

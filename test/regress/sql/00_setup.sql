@@ -21,6 +21,8 @@ END;
 $d$;
 CREATE USER MAPPING FOR CURRENT_USER SERVER pgtimewarp_store;
 SELECT pgtimewarp_configure('regress');
+-- stands in for the agent's slot: pgtimewarp_track warns without one
+SELECT 'ok' FROM pg_create_logical_replication_slot('regress_agent', 'test_decoding');
 
 -- Fixture helpers: write history into the store as the agent would.
 CREATE SCHEMA fixture;

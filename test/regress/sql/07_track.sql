@@ -105,8 +105,15 @@ SELECT pgtimewarp_forget('track_again');
 SELECT pgtimewarp_track('track_again') IS NOT NULL AS tracked_afresh;
 SELECT pgtimewarp_forget('track_again');
 
+-- with no logical slot in the database, changes made before the agent
+-- creates one would be missing: track warns, and says how to start over
+SELECT pg_drop_replication_slot('regress_agent');
+CREATE TABLE track_early (id int PRIMARY KEY);
+SELECT pgtimewarp_track('track_early') IS NOT NULL AS tracked;
+SELECT 'ok' FROM pg_create_logical_replication_slot('regress_agent', 'test_decoding');
+
 DROP PUBLICATION pgtimewarp;
-DROP TABLE track_t, track_rolled_back, track_again;
-DELETE FROM pgtimewarp_store.tracked_relations WHERE table_name IN ('track_t', 'track_again');
+DROP TABLE track_t, track_rolled_back, track_again, track_early;
+DELETE FROM pgtimewarp_store.tracked_relations WHERE table_name IN ('track_t', 'track_again', 'track_early');
 DELETE FROM pgtimewarp_store.lsn_time_map;
 DELETE FROM pgtimewarp_store.nodes;

@@ -64,17 +64,16 @@
 import type pg from 'pg';
 import { afterAll, describe, expect, it, onTestFailed } from 'vitest';
 
+import { lsnFromText } from '../../agent/decode.js';
 import { runAgent, type AgentEvent } from '../../agent/run.js';
+import { Random, testSeed } from '../support/random.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
 
 // deadlock_timeout: the workload makes deadlocks on purpose; find them fast.
 const cluster = useCluster({ settings: { wal_sender_timeout: '2s', deadlock_timeout: '10ms' } });
 
-const SEED = process.env['PGTIMEWARP_SEED'] !== undefined
-  ? Number(process.env['PGTIMEWARP_SEED'])
-  : Math.floor(Math.random() * 2 ** 31);
-if (!Number.isSafeInteger(SEED)) throw new Error(`PGTIMEWARP_SEED must be an integer, not ${process.env['PGTIMEWARP_SEED']}`);
+const SEED = testSeed();
 
 const WRITERS = 8;
 const TRANSACTIONS_PER_WRITER = 200;
@@ -93,52 +92,6 @@ const MAX_ATTEMPTS = 20;
 const TABLES = ['items', 'items_late'] as const;
 type Table = (typeof TABLES)[number];
 type Op = 'baseline' | 'insert' | 'update' | 'delete';
-
-// ---------------------------------------------------------------------------
-// Randomness, LSNs
-
-class Random {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  /** mulberry32: [0, 1) */
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[Math.floor(this.next() * items.length)]!;
-  }
-  weighted<T>(choices: ReadonlyArray<readonly [number, T]>): T {
-    const total = choices.reduce((s, [w]) => s + w, 0);
-    let r = this.next() * total;
-    for (const [w, v] of choices) {
-      if ((r -= w) < 0) return v;
-    }
-    return choices[choices.length - 1]![1];
-  }
-  digits(n: number): string {
-    let s = String(this.int(1, 9));
-    while (s.length < n) s += String(this.int(0, 9));
-    return s;
-  }
-}
-
-function lsn(text: string): bigint {
-  const match = /^([0-9A-F]+)\/([0-9A-F]+)$/i.exec(text);
-  if (match === null) throw new Error(`not an LSN: ${text}`);
-  return (BigInt(`0x${match[1]}`) << 32n) | BigInt(`0x${match[2]}`);
-}
 
 // ---------------------------------------------------------------------------
 // The writers
@@ -354,7 +307,7 @@ async function decodeSlot(client: pg.Client, slot: string): Promise<DecodedTrans
       current = { xid, end: 0n, endText: '', keys: new Map(), tracks: [] };
     } else if (data === 'COMMIT') {
       if (current === undefined) throw new Error(`COMMIT without BEGIN at ${at}`);
-      current.end = lsn(at);
+      current.end = lsnFromText(at);
       current.endText = at;
       out.push(current);
       current = undefined;
@@ -412,7 +365,7 @@ interface TableModel {
  */
 function tableModel(table: Table, trackLsn: string, initial: Map<number, string>, decoded: DecodedTransaction[],
   byXid: Map<string, WriterCommit>): TableModel {
-  const b = lsn(trackLsn);
+  const b = lsnFromText(trackLsn);
   const state = new Map(initial);
   const points: Point[] = [{ lsn: trackLsn, value: b, label: 'track' }];
   const versions = new Map<number, VersionModel[]>();
@@ -601,7 +554,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s under 8 concur
     expect(modelProblems.slice(0, 10), 'MODEL: the keys each transaction wrote, decoded vs recorded').toEqual([]);
 
     // items_late: track's own transaction commits after B, and no writer commits in between
-    const b = lsn(trackLsn.get('items_late')!);
+    const b = lsnFromText(trackLsn.get('items_late')!);
     const trackTxns = decoded.filter((t) => t.tracks.includes('items_late'));
     expect(trackTxns, 'one decoded transaction tracks items_late').toHaveLength(1);
     const trackEnd = trackTxns[0]!.end;
@@ -752,7 +705,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s under 8 concur
     for (const id of new Set([...got.keys(), ...model.versions.keys()])) {
       const want = (model.versions.get(id) ?? []).map((v) => `${v.op}@${v.point}`);
       const have = got.get(id) ?? [];
-      const haveText = have.map((v) => `${v.op}@${pointOf(model, lsn(v.from_lsn))}`);
+      const haveText = have.map((v) => `${v.op}@${pointOf(model, lsnFromText(v.from_lsn))}`);
       expected += want.length;
       if (JSON.stringify(haveText) !== JSON.stringify(want)) {
         let i = 0;

@@ -49,8 +49,10 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it, onTestFailed } from 'vitest';
 
+import { lsnFromText } from '../../agent/decode.js';
 import { migrateStore } from '../../installer/store.js';
 import type { Cluster } from '../support/cluster.js';
+import { Random, testSeed } from '../support/random.js';
 import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
@@ -60,9 +62,7 @@ const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const sourceCluster = useCluster({ settings: { wal_sender_timeout: '2s' } });
 const storeCluster = useCluster();
 
-const BASE_SEED = process.env['PGTIMEWARP_SEED'] !== undefined
-  ? Number(process.env['PGTIMEWARP_SEED'])
-  : Math.floor(Math.random() * 2 ** 31);
+const BASE_SEED = testSeed();
 
 /** Keys the workload uses: 1..KEYSPACE; the sentinel is outside. */
 const KEYSPACE = 300;
@@ -70,32 +70,9 @@ const SENTINEL = 1_000_000;
 /** Application name of the agent's store connections, to find them in pg_stat_activity. */
 const AGENT_APP = 'pgtimewarp_agent_under_test';
 
-// ---------------------------------------------------------------------------
-// PRNG
-
-/** mulberry32: small, seeded, good enough for workloads. */
-function prng(seed: number): { next(): number; int(n: number): number; pick<T>(xs: readonly T[]): T; chance(p: number): boolean } {
-  let a = seed >>> 0;
-  const next = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number): number => Math.floor(next() * n);
-  return { next, int, pick: (xs) => xs[int(xs.length)]!, chance: (p) => next() < p };
-}
-
-function lsnValue(text: string): bigint {
-  const [hi, lo] = text.split('/');
-  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
-}
-
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
-
 
 // ---------------------------------------------------------------------------
 // Setup: source database on one cluster, store database on the other
@@ -309,7 +286,7 @@ class Workload {
   rolledBack = 0;
   private lastLsn = '0/0';
 
-  constructor(private readonly rand: ReturnType<typeof prng>) {}
+  constructor(private readonly rand: Random) {}
 
   /** Fill the table before tracking; the rows become the baseline. */
   async seed(source: pg.Client, rows: number): Promise<void> {
@@ -410,7 +387,7 @@ class Workload {
       // everything at once: a big transaction, so that kills land while it is applied
       return { statements: [() => ({ sql: `UPDATE items SET n = n + 1 ${RETURNING}`, params: [], kind: 'upsert' })], rollback: false };
     }
-    const size = roll < 0.55 ? 1 : 2 + r.int(5);
+    const size = roll < 0.55 ? 1 : 2 + r.int(0, 4);
     const statements = Array.from({ length: size }, () => (w: Map<number, string>) => this.small(w));
     return { statements, rollback: r.chance(0.05) };
   }
@@ -424,7 +401,7 @@ class Workload {
 
   private absentKey(w: Map<number, string>): number | null {
     for (let tries = 0; tries < 20; tries++) {
-      const k = 1 + this.rand.int(KEYSPACE);
+      const k = 1 + this.rand.int(0, KEYSPACE - 1);
       if (!w.has(k)) return k;
     }
     return null;
@@ -437,12 +414,12 @@ class Workload {
       const id = this.absentKey(w);
       if (id === null) return null;
       const big = r.chance(0.3) ? bigValue(r) : null;
-      return { sql: `INSERT INTO items VALUES ($1, 0, $2, $3) ${RETURNING}`, params: [id, `new ${r.int(1e6)}`, big], kind: 'upsert' };
+      return { sql: `INSERT INTO items VALUES ($1, 0, $2, $3) ${RETURNING}`, params: [id, `new ${r.int(0, 999_999)}`, big], kind: 'upsert' };
     }
     const id = this.presentKey(w);
     if (id === null) return null;
     if (roll < 0.7) {
-      return { sql: `UPDATE items SET n = n + 1, note = $2 WHERE id = $1 ${RETURNING}`, params: [id, `note ${r.int(1e6)}`], kind: 'upsert' };
+      return { sql: `UPDATE items SET n = n + 1, note = $2 WHERE id = $1 ${RETURNING}`, params: [id, `note ${r.int(0, 999_999)}`], kind: 'upsert' };
     }
     if (roll < 0.78) {
       return { sql: `UPDATE items SET n = n + 1, big = $2 WHERE id = $1 ${RETURNING}`, params: [id, bigValue(r)], kind: 'upsert' };
@@ -458,25 +435,25 @@ class Workload {
     const r = this.rand;
     const roll = r.next();
     if (roll < 0.4) {
-      const m = 2 + r.int(8);
-      return { sql: `UPDATE items SET n = n + 1, note = 'bulk' WHERE id % $1 = $2 AND id <> $3 ${RETURNING}`, params: [m, r.int(m), SENTINEL], kind: 'upsert' };
+      const m = 2 + r.int(0, 7);
+      return { sql: `UPDATE items SET n = n + 1, note = 'bulk' WHERE id % $1 = $2 AND id <> $3 ${RETURNING}`, params: [m, r.int(0, m - 1), SENTINEL], kind: 'upsert' };
     }
     if (roll < 0.7) {
       const ids = new Set<number>();
       for (let i = 0; i < 40; i++) {
-        const k = 1 + r.int(KEYSPACE);
+        const k = 1 + r.int(0, KEYSPACE - 1);
         if (!w.has(k)) ids.add(k);
       }
       return { sql: `INSERT INTO items SELECT g, 0, 'bulk ' || g, NULL FROM unnest($1::int[]) g ${RETURNING}`, params: [[...ids]], kind: 'upsert' };
     }
-    const from = 1 + r.int(KEYSPACE);
-    return { sql: `DELETE FROM items WHERE id BETWEEN $1 AND $2 RETURNING id`, params: [from, from + 5 + r.int(30)], kind: 'delete' };
+    const from = 1 + r.int(0, KEYSPACE - 1);
+    return { sql: `DELETE FROM items WHERE id BETWEEN $1 AND $2 RETURNING id`, params: [from, from + 5 + r.int(0, 29)], kind: 'delete' };
   }
 }
 
 /** ~2.2 kB: out of line with STORAGE EXTERNAL. */
-function bigValue(r: ReturnType<typeof prng>): string {
-  return `${r.int(1e9)}:`.padEnd(2200, String.fromCharCode(97 + r.int(26)));
+function bigValue(r: Random): string {
+  return `${r.int(0, 999_999_999)}:`.padEnd(2200, String.fromCharCode(97 + r.int(0, 25)));
 }
 
 async function currentLsn(c: pg.Client): Promise<string> {
@@ -502,7 +479,7 @@ async function confirmedVsCheckpoint(setup: Setup): Promise<{ confirmed: string 
 function expectConfirmedWithinCheckpoint(when: string, p: { confirmed: string | null; checkpoint: string | null }): void {
   if (p.confirmed === null) return;
   expect(p.checkpoint, `${when}: slot confirmed ${p.confirmed} but the store has no checkpoint`).not.toBeNull();
-  expect(lsnValue(p.confirmed) <= lsnValue(p.checkpoint!),
+  expect(lsnFromText(p.confirmed) <= lsnFromText(p.checkpoint!),
     `${when}: slot confirmed ${p.confirmed}, store checkpoint ${p.checkpoint}`).toBe(true);
 }
 
@@ -533,7 +510,7 @@ function sortedJson(text: string | null): string | null {
 }
 
 /** Everything listed in the file comment, against `model`. */
-async function verifyHistory(setup: Setup, model: Workload, rand: ReturnType<typeof prng>): Promise<void> {
+async function verifyHistory(setup: Setup, model: Workload, rand: Random): Promise<void> {
   // 1. the versions of every key, one for one against the model's changes
   const stored = await withClient(storeCluster(), setup.storeDb, async (c) => {
     const res = await c.query<{ id: string; from: string; to: string | null; op: string; data: string | null }>(
@@ -571,7 +548,7 @@ async function verifyHistory(setup: Setup, model: Workload, rand: ReturnType<typ
     const show = (): string => {
       let at = 0;
       while (at < got.length && at < want.length && got[at]!.op === want[at]!.op &&
-        lsnValue(got[at]!.from) > lsnValue(want[at]!.lo) && lsnValue(got[at]!.from) <= lsnValue(want[at]!.hi)) at++;
+        lsnFromText(got[at]!.from) > lsnFromText(want[at]!.lo) && lsnFromText(got[at]!.from) <= lsnFromText(want[at]!.hi)) at++;
       const from = Math.max(0, at - 2);
       const cut = <T>(xs: T[]): T[] => xs.slice(from, at + 4);
       const more = from > 0 ? `(${from} equal before) ` : '';
@@ -585,9 +562,9 @@ async function verifyHistory(setup: Setup, model: Workload, rand: ReturnType<typ
     for (let i = 0; i < got.length; i++) {
       const v = got[i]!;
       const c = want[i]!;
-      const from = lsnValue(v.from);
+      const from = lsnFromText(v.from);
       const where = `key ${id}, version ${i + 1} of ${got.length}`;
-      if (v.op !== c.op || from <= lsnValue(c.lo) || from > lsnValue(c.hi)) {
+      if (v.op !== c.op || from <= lsnFromText(c.lo) || from > lsnFromText(c.hi)) {
         problems.push(`${where}: stored ${v.op}@${v.from}, the model has ${c.op}@(${c.lo},${c.hi}]${show()}`);
         break;
       }
@@ -614,7 +591,7 @@ async function verifyHistory(setup: Setup, model: Workload, rand: ReturnType<typ
   //    changes at their commit and just before it, and every key at a sample
   //    of recorded LSNs (about 1 ms each through postgres_fdw: not all of them)
   const probes: Array<{ id: number; lsn: string; want: string | null }> = [];
-  const sortedChanges = [...model.changes].sort((a, b) => (lsnValue(a.hi) < lsnValue(b.hi) ? -1 : lsnValue(a.hi) > lsnValue(b.hi) ? 1 : 0));
+  const sortedChanges = [...model.changes].sort((a, b) => (lsnFromText(a.hi) < lsnFromText(b.hi) ? -1 : lsnFromText(a.hi) > lsnFromText(b.hi) ? 1 : 0));
   const previous = new Map<number, string | null>();
   const keep = Math.min(1, 1000 / sortedChanges.length);
   for (const c of sortedChanges) {
@@ -630,7 +607,7 @@ async function verifyHistory(setup: Setup, model: Workload, rand: ReturnType<typ
   let ci = 0;
   const current = new Map<number, string | null>();
   for (const lsn of samples) {
-    while (ci < sortedChanges.length && lsnValue(sortedChanges[ci]!.hi) <= lsnValue(lsn)) {
+    while (ci < sortedChanges.length && lsnFromText(sortedChanges[ci]!.hi) <= lsnFromText(lsn)) {
       current.set(sortedChanges[ci]!.id, sortedChanges[ci]!.value);
       ci++;
     }
@@ -682,9 +659,9 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
   it('SIGKILL at random moments, restarted at once: history is exact', { timeout: 170_000 }, async () => {
     const seed = BASE_SEED + 1;
     onTestFailed(() => console.error(`agent faults (${plugin}, SIGKILL): replay with PGTIMEWARP_SEED=${BASE_SEED}`));
-    const rand = prng(seed);
+    const rand = new Random(seed);
     const setup = await setupSplit(`kill_${plugin}`);
-    const model = new Workload(prng(seed ^ 0x5eed));
+    const model = new Workload(new Random(seed ^ 0x5eed));
     const { agent, source } = await begin(setup, plugin, model);
     agents.push(agent);
 
@@ -699,7 +676,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
     // each way of choosing the moment a quarter of the time, in a seeded order
     const modes = Array.from({ length: KILLS }, (_, i) => (['random', 'applied', 'storeTxn', 'streaming'] as const)[i % 4]!);
     for (let i = modes.length - 1; i > 0; i--) {
-      const j = rand.int(i + 1);
+      const j = rand.int(0, i);
       [modes[i], modes[j]] = [modes[j]!, modes[i]!];
     }
 
@@ -725,14 +702,14 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
         const mode = modes[kills]!;
         killModes[mode] = (killModes[mode] ?? 0) + 1;
         if (mode === 'random') {
-          await sleep(rand.int(1500));
+          await sleep(rand.int(0, 1499));
         } else if (mode === 'applied') {
           // stored, maybe not yet confirmed
           await agent.nextEvent((e) => e.event === 'applied', 5000);
-          if (rand.chance(0.5)) await sleep(rand.int(5));
+          if (rand.chance(0.5)) await sleep(rand.int(0, 4));
         } else if (mode === 'streaming') {
           await agent.nextEvent((e) => e.event === 'streaming', 5000);
-          await sleep(rand.int(200));
+          await sleep(rand.int(0, 199));
         } else {
           // inside a store transaction: between BEGIN and COMMIT of a batch
           const deadline = Date.now() + 5000;
@@ -782,7 +759,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
     const seed = BASE_SEED + 2;
     onTestFailed(() => console.error(`agent faults (${plugin}, store outage): replay with PGTIMEWARP_SEED=${BASE_SEED}`));
     const setup = await setupSplit(`outage_${plugin}`);
-    const model = new Workload(prng(seed));
+    const model = new Workload(new Random(seed));
     const { agent, source } = await begin(setup, plugin, model);
     agents.push(agent);
     const t0 = Date.now();
@@ -815,7 +792,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
     expect(agent.unexpectedExits, agent.describe()).toEqual([]);
     expect(agent.generation, 'the agent was never restarted').toBe(1);
     expect(agent.events.filter((e) => e.level === 'error'), agent.describe()).toEqual([]);
-    await verifyHistory(setup, model, prng(seed + 100));
+    await verifyHistory(setup, model, new Random(seed + 100));
     expectConfirmedWithinCheckpoint('at the end', await confirmedVsCheckpoint(setup));
     expect(await agent.stopCleanly(), 'exit code after SIGTERM').toBe(0);
   });
@@ -824,7 +801,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
     const seed = BASE_SEED + 3;
     onTestFailed(() => console.error(`agent faults (${plugin}, source restart): replay with PGTIMEWARP_SEED=${BASE_SEED}`));
     const setup = await setupSplit(`restart_${plugin}`);
-    const model = new Workload(prng(seed));
+    const model = new Workload(new Random(seed));
     const started = await begin(setup, plugin, model);
     const agent = started.agent;
     let source = started.source;
@@ -858,7 +835,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('agent faults on %s', (plugin) 
         `SELECT count(*)::int AS n FROM pgtimewarp_store.health_events WHERE node_id = $1 AND kind = 'agent_retry'`, [setup.nodeId],
       )).rows[0]!.n);
     expect(recorded, 'agent_retry health events').toBeGreaterThanOrEqual(1);
-    await verifyHistory(setup, model, prng(seed + 100));
+    await verifyHistory(setup, model, new Random(seed + 100));
     expectConfirmedWithinCheckpoint('at the end', await confirmedVsCheckpoint(setup));
     expect(await agent.stopCleanly(), 'exit code after SIGTERM').toBe(0);
   });

@@ -66,17 +66,16 @@ import { join } from 'node:path';
 import type pg from 'pg';
 import { afterAll, describe, expect, it, onTestFailed } from 'vitest';
 
+import { lsnFromText } from '../../agent/decode.js';
 import { runAgent, type AgentEvent } from '../../agent/run.js';
+import { Random, testSeed } from '../support/random.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
 import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
 const cluster = useCluster();
 
-const SEED = process.env['PGTIMEWARP_SEED'] !== undefined
-  ? Number(process.env['PGTIMEWARP_SEED'])
-  : Math.floor(Math.random() * 2 ** 31);
-if (!Number.isSafeInteger(SEED)) throw new Error(`PGTIMEWARP_SEED must be an integer, not ${process.env['PGTIMEWARP_SEED']}`);
+const SEED = testSeed();
 
 /** Keys the workload inserts; primary-key changes also move rows up to KEY_RANGE_PK. */
 const KEY_RANGE = 40;
@@ -88,47 +87,6 @@ const MAX_EXTRA_COLUMNS = 3;
 
 type Plugin = 'pgoutput' | 'wal2json';
 type Op = 'baseline' | 'insert' | 'update' | 'delete' | 'truncate';
-
-// ---------------------------------------------------------------------------
-// Randomness
-
-class Random {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  /** mulberry32: [0, 1) */
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    if (items.length === 0) throw new Error('pick() from nothing');
-    return items[Math.floor(this.next() * items.length)]!;
-  }
-  weighted<T>(choices: ReadonlyArray<readonly [number, T]>): T {
-    const total = choices.reduce((s, [w]) => s + w, 0);
-    let r = this.next() * total;
-    for (const [w, v] of choices) {
-      if ((r -= w) < 0) return v;
-    }
-    return choices[choices.length - 1]![1];
-  }
-  digits(n: number): string {
-    let s = String(this.int(1, 9));
-    while (s.length < n) s += String(this.int(0, 9));
-    return s;
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Values (as text, passed as query parameters and cast in SQL)
@@ -706,11 +664,6 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 `;
 
-function lsnValue(lsn: string): bigint {
-  const [hi, lo] = lsn.split('/');
-  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
-}
-
 /** got vs want, around where they first differ. */
 function showDifference(got: string | null, want: string | null): string {
   if (got === null || want === null) return `got ${clip(got, 0)}, want ${clip(want, 0)}`;
@@ -725,7 +678,6 @@ function clip(text: string | null, at: number): string {
   const to = Math.min(text.length, at + 140);
   return `${from > 0 ? '…' : ''}${text.slice(from, to)}${to < text.length ? `… (${text.length} chars)` : ''}`;
 }
-
 
 // ---------------------------------------------------------------------------
 
@@ -890,8 +842,8 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
     let checked = 0;
     /** The first snapshot taken at or after an LSN. */
     const snapshotOf = (lsn: string): number => {
-      const at = lsnValue(lsn);
-      const i = model!.snapshots.findIndex((s) => lsnValue(s.lsn) >= at);
+      const at = lsnFromText(lsn);
+      const i = model!.snapshots.findIndex((s) => lsnFromText(s.lsn) >= at);
       return i < 0 ? model!.snapshots.length : i;
     };
     for (const id of [...model.everSeen].sort((a, b) => a - b)) {
@@ -928,9 +880,9 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
           problems.push(`${where}: changed_columns ${JSON.stringify(g.changed)}, want ${JSON.stringify(w.changed)}`);
         }
         // valid from the commit of its transaction: after the snapshot before it, at or before its own
-        const from = lsnValue(got.rows[i]!.from_lsn);
-        const upper = lsnValue(model!.snapshots[v.seq]!.lsn);
-        const lower = v.seq === 0 ? 0n : lsnValue(model!.snapshots[v.seq - 1]!.lsn);
+        const from = lsnFromText(got.rows[i]!.from_lsn);
+        const upper = lsnFromText(model!.snapshots[v.seq]!.lsn);
+        const lower = v.seq === 0 ? 0n : lsnFromText(model!.snapshots[v.seq - 1]!.lsn);
         if (!(from > lower && from <= upper)) {
           problems.push(`${where}: valid_from_lsn ${got.rows[i]!.from_lsn} outside (${v.seq === 0 ? '0/0' : model!.snapshots[v.seq - 1]!.lsn}, ${model!.snapshots[v.seq]!.lsn}]`);
         }

@@ -35,6 +35,8 @@ import { readFileSync } from 'node:fs';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 
+import { lsnFromText, lsnToText } from '../../agent/decode.js';
+import { Random, testSeed } from '../support/random.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
 
@@ -52,8 +54,7 @@ const ROLLBACK_PROBABILITY = 0.15;
 const REUSE_ID_PROBABILITY = 0.15;
 
 /** The workload's random choices; PGTIMEWARP_SEED replays them (not the interleaving). */
-const seed = Number(process.env['PGTIMEWARP_SEED'] ?? Math.floor(Math.random() * 2 ** 31));
-if (!Number.isSafeInteger(seed)) throw new Error(`PGTIMEWARP_SEED must be an integer, not ${process.env['PGTIMEWARP_SEED']}`);
+const seed = testSeed();
 
 let timewarp: Timewarp;
 let store: pg.Client;
@@ -70,16 +71,6 @@ afterAll(async () => {
 
 // ---------------------------------------------------------------------------
 // LSNs, table states
-
-function lsnText(value: bigint): string {
-  return `${(value >> 32n).toString(16)}/${(value & 0xffffffffn).toString(16)}`.toUpperCase();
-}
-
-function lsn(text: string): bigint {
-  const match = /^([0-9A-F]+)\/([0-9A-F]+)$/i.exec(text);
-  if (match === null) throw new Error(`not an LSN: ${text}`);
-  return (BigInt(`0x${match[1]}`) << 32n) | BigInt(`0x${match[2]}`);
-}
 
 /** A row of the test tables by id, every value as its text output. */
 interface Row {
@@ -234,13 +225,13 @@ async function decodeSlot(client: pg.Client, slot: string): Promise<DecodedTrans
       current = { xid, commitLsn: 0n, changes: [], messages: [] };
     } else if (data === 'COMMIT') {
       if (current === undefined) throw new Error(`COMMIT without BEGIN at ${at}`);
-      current.commitLsn = lsn(at);
+      current.commitLsn = lsnFromText(at);
       transactions.push(current);
       current = undefined;
     } else if (data.startsWith('message: transactional: 1 ')) {
       const message = /^message: transactional: 1 prefix: ([^,]*), sz: \d+ content:(.*)$/s.exec(data);
       if (message === null || current === undefined) throw new Error(`unexpected message row: ${data}`);
-      current.messages.push({ prefix: message[1]!, content: message[2]!, lsn: lsn(at) });
+      current.messages.push({ prefix: message[1]!, content: message[2]!, lsn: lsnFromText(at) });
     } else if (data.startsWith('message:')) {
       throw new Error(`unexpected non-transactional message: ${data}`);
     } else {
@@ -271,18 +262,6 @@ function replay(state: TableState, transactions: DecodedTransaction[], table: st
 // ---------------------------------------------------------------------------
 // The workload
 
-/** mulberry32: small, fast, good enough to pick workload steps. */
-function prng(seedValue: number): () => number {
-  let a = seedValue >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface Workload {
   table: string;
   /** Next never-used id; shared by all writers. */
@@ -298,16 +277,16 @@ interface Workload {
 }
 
 async function runWriter(client: pg.Client, writer: number, work: Workload): Promise<void> {
-  const random = prng(seed + writer * 7919);
-  const pick = (lo: number, hi: number): number => lo + Math.floor(random() * (hi - lo + 1));
+  const random = new Random(seed + writer * 7919);
+  const pick = (lo: number, hi: number): number => random.int(lo, hi);
   for (let i = 0; i < ITERATIONS_PER_WRITER; i++) {
     const statements: [string, unknown[]][] = [];
     for (let n = pick(1, 3); n > 0; n--) {
-      const r = random();
+      const r = random.next();
       if (r < 0.3) {
-        const id = random() < REUSE_ID_PROBABILITY ? pick(1, work.nextId - 1) : work.nextId++;
+        const id = random.next() < REUSE_ID_PROBABILITY ? pick(1, work.nextId - 1) : work.nextId++;
         // NULLs, spaces and quotes exercise the decoder as well as the baseline
-        const pad = random() < 0.1 ? null : `w${writer} i${i} it's`;
+        const pad = random.next() < 0.1 ? null : `w${writer} i${i} it's`;
         statements.push([`INSERT INTO ${work.table} (id, v, pad) VALUES ($1, $2, $3)`, [id, pick(0, 999), pad]]);
       } else if (r < 0.75) {
         statements.push([`UPDATE ${work.table} SET v = v + 1 WHERE id = $1`, [pick(1, work.nextId - 1)]]);
@@ -315,7 +294,7 @@ async function runWriter(client: pg.Client, writer: number, work: Workload): Pro
         statements.push([`DELETE FROM ${work.table} WHERE id = $1`, [pick(1, work.nextId - 1)]]);
       }
     }
-    const rollback = random() < ROLLBACK_PROBABILITY;
+    const rollback = random.next() < ROLLBACK_PROBABILITY;
     try {
       let changed = 0;
       await client.query('BEGIN');
@@ -424,7 +403,7 @@ async function trackUnderLoad(
       await Promise.all([...writers, tracker].map((c) => c.end()));
     }
 
-    const b = lsn(call.b);
+    const b = lsnFromText(call.b);
     const transactions = await decodeSlot(source, slot);
 
     // Track's own transaction: the one carrying its pgtimewarp message.
@@ -516,11 +495,11 @@ describe('pgtimewarp_track under concurrent writers', () => {
     const { rows: commits } = await timewarp.source.query<{ start_lsn: string; end_lsn: string }>(
       `SELECT start_lsn::text, end_lsn::text FROM pg_get_wal_records_info($1, $2)
         WHERE resource_manager = 'Transaction' AND record_type = 'COMMIT' AND xid = $3::xid`,
-      [result.call.b, lsnText(result.trackCommitLsn), result.trackXid],
+      [result.call.b, lsnToText(result.trackCommitLsn), result.trackXid],
     );
     expect(commits, 'the commit record of track, read with pg_walinspect').toHaveLength(1);
-    expect(lsn(commits[0]!.end_lsn)).toBe(result.trackCommitLsn);
-    expect(lsn(commits[0]!.start_lsn) < result.trackCommitLsn).toBe(true);
+    expect(lsnFromText(commits[0]!.end_lsn)).toBe(result.trackCommitLsn);
+    expect(lsnFromText(commits[0]!.start_lsn) < result.trackCommitLsn).toBe(true);
 
     console.log(
       `items: seed ${seed}; ${result.before.length} commits before B, ${result.after.length} after B; ` +
@@ -609,7 +588,7 @@ describe('pgtimewarp_track under concurrent writers', () => {
       const trackCommit = transactions.find((t) => t.messages.some((m) => m.prefix === 'pgtimewarp'))!.commitLsn;
       const touching = transactions.filter((t) => t.changes.length > 0);
       expect(touching.map((t) => t.changes.map((c) => c.id))).toEqual([['1'], ['2']]);
-      expect(touching[0]!.commitLsn <= lsn(b), 'early commit <= B').toBe(true);
+      expect(touching[0]!.commitLsn <= lsnFromText(b), 'early commit <= B').toBe(true);
       expect(touching[1]!.commitLsn > trackCommit, 'late commit > track commit').toBe(true);
     } finally {
       await Promise.all([early, late, tracker].map((c) => c.end()));
@@ -649,7 +628,7 @@ describe('pgtimewarp_track under concurrent writers', () => {
 
       // Nothing stale blocks a real track afterwards.
       const { rows: again } = await source.query<{ b: string }>(`SELECT pgtimewarp_track('items2')::text AS b`);
-      expect(lsn(again[0]!.b) > lsn(b)).toBe(true);
+      expect(lsnFromText(again[0]!.b) > lsnFromText(b)).toBe(true);
       expect(await count(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions WHERE ${where}`,
         [timewarp.nodeId])).toBe(101);
     } finally {

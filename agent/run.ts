@@ -398,15 +398,13 @@ async function refuseHistoryGaps(source: pg.Client, opts: AgentOptions, tables: 
   );
 }
 
+/** A health event on a connection of its own: the session's may be what failed. */
 async function recordHealth(opts: AgentOptions, severity: 'info' | 'warning' | 'error', kind: string, message: string): Promise<void> {
   const store = new pg.Client({ connectionString: opts.storeUrl });
   store.on('error', () => undefined);
   await store.connect();
   try {
-    await store.query(
-      `INSERT INTO pgtimewarp_store.health_events (node_id, severity, kind, message) VALUES ($1, $2, $3, $4)`,
-      [opts.nodeId, severity, kind, message],
-    );
+    await new StoreWriter(store, opts.nodeId, opts.slot).recordHealth(severity, kind, message);
   } finally {
     await store.end();
   }

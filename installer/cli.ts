@@ -7,6 +7,9 @@ import { Command } from 'commander';
 import pg from 'pg';
 
 import { runAgent, type AgentEvent } from '../agent/run.js';
+import { registerQueryCommands } from './commands.js';
+import { registerDoctorCommand } from './doctor.js';
+import { registerInstallCommands } from './install-cli.js';
 import { migrateStore } from './store.js';
 
 /** Print an error as one clean line (PostgreSQL's fields kept), exit non-zero. */
@@ -81,6 +84,11 @@ program
     });
     log({ level: 'info', event: 'stopped', message: 'agent stopped' });
   });
+
+// Each group of commands lives in a module of its own.
+registerInstallCommands(program); // install, uninstall
+registerQueryCommands(program); // track, untrack, status, asof, diff
+registerDoctorCommand(program); // doctor
 
 /** The node id the source database was configured with (pgtimewarp.config). */
 async function configuredNodeId(sourceUrl: string): Promise<string> {

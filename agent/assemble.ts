@@ -20,6 +20,12 @@
 //   taken from earlier in the transaction when known, else marked for the
 //   writer to carry forward from the key's previous version in the store
 //   (the baseline guarantees there is one).
+// - Memory is bounded whatever a transaction's size: past a number of keys
+//   (or bytes of values) the key states so far are handed, as SpillOps, to
+//   the writer, which keeps them in a temporary table of its open store
+//   transaction and merges later states of the same keys into them by the
+//   rules above (agent/writer.ts).  The transaction then comes out at COMMIT
+//   marked `spilled`, its versions in the store's temporary table.
 // - Only tables tracked at the commit count: commit LSN > tracked_from_lsn,
 //   and, once untracked, commit LSN <= untracked_lsn.  pgtimewarp_track and
 //   _untrack announce themselves with transactional messages (prefix
@@ -92,7 +98,51 @@ export interface TrackingEvent {
   lsn: Lsn;
 }
 
+/**
+ * A key's state partway through a transaction, handed to the writer when the
+ * transaction spills.  The same facts as the assembler's own key state, with
+ * unchanged-TOAST columns listed apart from the values known.
+ */
+export interface SpilledKey {
+  schema: string;
+  table: string;
+  pk: string[];
+  bornHere: boolean;
+  afterTruncate: boolean;
+  /** The row at this point, without toastColumns; null once removed. */
+  rowData: Record<string, string | null> | null;
+  /**
+   * Columns not sent (unchanged TOAST) and not set since the key's state
+   * began: their values are those of key carryFromPk (or pk) as it was
+   * before this state began.
+   */
+  toastColumns: string[];
+  carryFromPk: string[] | null;
+  firstRemoval: 'delete' | 'truncate' | null;
+}
+
+/**
+ * What the writer must do, in order, for a transaction too big to hold:
+ * merge key states (later states of a key continue earlier ones), or apply
+ * a TRUNCATE to the states merged so far.
+ */
+export type SpillOp =
+  | { kind: 'merge'; keys: SpilledKey[] }
+  | { kind: 'truncate'; schema: string; table: string };
+
+export interface AssemblerOptions {
+  /** Spill once the open transaction holds this many key states.  Default 20000. */
+  spillKeys?: number;
+  /** ... or roughly this many bytes of values.  Default 16 MiB. */
+  spillBytes?: number;
+}
+
 export interface AssembledTransaction {
+  /**
+   * The transaction's key states went to the writer as SpillOps (`versions`
+   * is empty): the writer makes the versions from what it merged.
+   */
+  spilled: boolean;
   xid: number;
   commitLsn: Lsn;
   endLsn: Lsn;
@@ -135,11 +185,32 @@ export class TransactionAssembler {
     xid: number;
     finalLsn: Lsn;
     keys: Map<string, KeyState>;
+    /** Rough size of the values held in `keys`. */
+    bytes: number;
+    /** Key states were handed to the writer. */
+    spilled: boolean;
     truncated: Map<string, { schema: string; table: string }>;
     tracking: TrackingEvent[];
   } | null = null;
 
-  constructor(private readonly catalog: Catalog) {}
+  private spillQueue: SpillOp[] = [];
+  private readonly spillKeys: number;
+  private readonly spillBytes: number;
+
+  constructor(private readonly catalog: Catalog, options: AssemblerOptions = {}) {
+    this.spillKeys = Math.max(1, options.spillKeys ?? 20_000);
+    this.spillBytes = Math.max(1, options.spillBytes ?? 16 << 20);
+  }
+
+  /**
+   * The spill work push() queued, in order, for the writer; empty unless the
+   * open transaction outgrew the limits.  Take it after every push().
+   */
+  takeSpill(): SpillOp[] {
+    const ops = this.spillQueue;
+    this.spillQueue = [];
+    return ops;
+  }
 
   /** Between a BEGIN and its COMMIT. */
   get inTransaction(): boolean {
@@ -153,7 +224,10 @@ export class TransactionAssembler {
         if (this.open !== null) {
           throw new AssemblyError(`BEGIN of xid ${message.xid} inside xid ${this.open.xid}`);
         }
-        this.open = { xid: message.xid, finalLsn: message.finalLsn, keys: new Map(), truncated: new Map(), tracking: [] };
+        this.open = {
+          xid: message.xid, finalLsn: message.finalLsn, keys: new Map(), bytes: 0, spilled: false,
+          truncated: new Map(), tracking: [],
+        };
         return null;
       case 'commit':
         return this.commit(message.commitLsn, message.endLsn, message.commitTime, message.commitTimeMicros);
@@ -166,12 +240,15 @@ export class TransactionAssembler {
         return null;
       case 'insert':
         this.applyRow(message.relation, null, message.newRow, 'insert');
+        this.spillIfFull();
         return null;
       case 'update':
         this.applyRow(message.relation, message.oldRow, message.newRow, 'update');
+        this.spillIfFull();
         return null;
       case 'delete':
         this.applyDelete(message.relation, message.oldRow);
+        this.spillIfFull();
         return null;
       case 'truncate':
         for (const relation of message.relations) this.applyTruncate(relation);
@@ -260,12 +337,14 @@ export class TransactionAssembler {
         const fresh = this.stateFor(relation, newPk, 'insert');
         fresh.row = mergeRow(newRow, carried);
         fresh.carryFromPk = carryFromPk;
+        this.require('change').bytes += rowBytes(newRow);
         return;
       }
     }
 
     const state = this.stateFor(relation, newPk, kind === 'insert' ? 'insert' : 'other');
     state.row = mergeRow(newRow, state.row);
+    this.require('change').bytes += rowBytes(newRow);
   }
 
   private applyDelete(relation: RelationInfo, oldRow: RowImage): void {
@@ -279,6 +358,12 @@ export class TransactionAssembler {
   private applyTruncate(relation: RelationInfo): void {
     if (this.trackedNow(relation) === undefined) return;
     const open = this.require('truncate');
+    if (open.spilled) {
+      // states merged earlier are the writer's: it truncates them, after
+      // merging those held here, which came before this TRUNCATE
+      this.spill();
+      this.spillQueue.push({ kind: 'truncate', schema: relation.schema, table: relation.table });
+    }
     for (const state of open.keys.values()) {
       if (state.schema === relation.schema && state.table === relation.table && state.row !== null) {
         state.row = null;
@@ -294,6 +379,14 @@ export class TransactionAssembler {
       throw new AssemblyError(`COMMIT at ${commitLsn} of a transaction that BEGIN said commits at ${open.finalLsn}`);
     }
     this.open = null;
+
+    if (open.spilled) {
+      this.spillQueue.push({ kind: 'merge', keys: [...open.keys.values()].map(spilledKey) });
+      return {
+        spilled: true, xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
+        truncated: [...open.truncated.values()], versions: [], tracking: open.tracking,
+      };
+    }
 
     const versions: VersionWrite[] = [];
     for (const state of open.keys.values()) {
@@ -324,12 +417,53 @@ export class TransactionAssembler {
       });
     }
     return {
-      xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
+      spilled: false, xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
       truncated: [...open.truncated.values()],
       versions,
       tracking: open.tracking,
     };
   }
+
+  private spillIfFull(): void {
+    const open = this.open;
+    if (open !== null && (open.keys.size >= this.spillKeys || open.bytes >= this.spillBytes)) this.spill();
+  }
+
+  /** Hand every key state held to the writer and start afresh. */
+  private spill(): void {
+    const open = this.require('spill');
+    open.spilled = true;
+    if (open.keys.size === 0) return;
+    this.spillQueue.push({ kind: 'merge', keys: [...open.keys.values()].map(spilledKey) });
+    open.keys = new Map();
+    open.bytes = 0;
+  }
+}
+
+function spilledKey(state: KeyState): SpilledKey {
+  let rowData: Record<string, string | null> | null = null;
+  const toastColumns: string[] = [];
+  if (state.row !== null) {
+    rowData = {};
+    for (const [name, value] of state.row) {
+      if (value === UNCHANGED_TOAST) toastColumns.push(name);
+      else rowData[name] = value;
+    }
+  }
+  return {
+    schema: state.schema, table: state.table, pk: state.pk,
+    bornHere: state.bornHere, afterTruncate: state.afterTruncate,
+    rowData, toastColumns,
+    carryFromPk: toastColumns.length > 0 ? state.carryFromPk : null,
+    firstRemoval: state.firstRemoval,
+  };
+}
+
+/** Roughly what a row image costs to hold: its text, and something per column. */
+function rowBytes(row: RowImage): number {
+  let bytes = 64;
+  for (const [name, value] of row) bytes += 32 + name.length + (typeof value === 'string' ? value.length : 0);
+  return bytes;
 }
 
 /** newRow with values it did not send (unchanged TOAST) taken from `earlier` when known. */

@@ -28,6 +28,13 @@ export interface AgentOptions {
   plugin: 'pgoutput' | 'wal2json';
   /** Most transactions written in one store transaction. Default 500. */
   maxBatch?: number;
+  /**
+   * A transaction holding more key states than this (or than spillBytes of
+   * values) is spilled to the store piece by piece, so memory stays bounded
+   * (agent/assemble.ts).  Defaults: 20000 keys, 16 MiB.
+   */
+  spillKeys?: number;
+  spillBytes?: number;
   /** Stops the agent: the batch in progress is dropped (it is re-read), nothing is half-written. */
   signal?: AbortSignal;
   log?: (event: AgentEvent) => void;
@@ -130,7 +137,7 @@ async function runSession(
     });
     log({ level: 'info', event: 'streaming', message: `streaming slot ${opts.slot} from ${lsnToText(startLsn)}`, lsn: lsnToText(startLsn) });
 
-    const assembler = new TransactionAssembler(catalog);
+    const assembler = new TransactionAssembler(catalog, { spillKeys: opts.spillKeys, spillBytes: opts.spillBytes });
     let applied: Lsn = checkpoint?.lsn ?? 0n;
     const heartbeatInterval = opts.heartbeatIntervalMs ?? 10_000;
     let lastHeartbeat = 0;
@@ -140,7 +147,7 @@ async function runSession(
     const flush = async (): Promise<void> => {
       if (batch.length === 0) return;
       const saved = await writer.apply(batch);
-      const versions = batch.reduce((n, t) => n + t.versions.length, 0);
+      const versions = batch.reduce((n, t) => n + t.versions.length, writer.spilledVersions);
       log({ level: 'info', event: 'applied', message: `applied ${batch.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
         transactions: batch.length, versions, lsn: lsnToText(saved.lsn) });
       batch = [];
@@ -174,8 +181,19 @@ async function runSession(
         for (const decoded of decoder.decode(message.payload)) {
           if (decoded.type === 'relation') await catalog.learnTypes(decoded.relation.columns.map((c) => c.typeOid));
           const txn = assembler.push(decoded);
+          for (const op of assembler.takeSpill()) {
+            if (!writer.spilling) {
+              await flush(); // the transactions before it commit on their own
+              log({ level: 'info', event: 'spilling', message: 'a transaction too big to hold in memory: merging it in the store piece by piece until its COMMIT' });
+            }
+            await writer.spill(op);
+          }
           if (txn === null) continue;
-          if (txn.endLsn <= applied) continue; // stored before the restart
+          if (txn.endLsn <= applied) {
+            // stored before the restart
+            if (txn.spilled) await writer.abandonSpill();
+            continue;
+          }
           batch.push(txn);
           if (txn.tracking.length > 0) {
             await flush();

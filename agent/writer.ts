@@ -8,10 +8,16 @@
 // for TOAST carry-forward), insert its versions, close what a TRUNCATE left
 // open, record its commit time.  A transaction applied twice would violate
 // row_versions' primary key: the store refuses to double a version.
+//
+// A transaction too big to hold in memory arrives in pieces (SpillOps, see
+// agent/assemble.ts) before its COMMIT: the store transaction opens at the
+// first piece, the pieces merge into a temporary table, and at COMMIT the
+// versions are made from it in SQL, the same way, then everything commits
+// together with the checkpoint as for any transaction.
 
 import type pg from 'pg';
 
-import type { AssembledTransaction, TrackedTable, VersionWrite } from './assemble.js';
+import type { AssembledTransaction, SpillOp, TrackedTable, VersionWrite } from './assemble.js';
 import { lsnFromText, lsnToText, type Lsn } from './decode.js';
 import { unixMicrosToIso } from './pgtime.js';
 
@@ -33,7 +39,15 @@ function checkpointTime(checkpoint: Checkpoint): string {
 
 export class StoreWriteError extends Error {}
 
+/** The temporary table a spilled transaction's key states merge into. */
+const SPILL = 'pg_temp.pgtimewarp_spill';
+
 export class StoreWriter {
+  /** A spilled transaction's store transaction is open. */
+  private spillOpen = false;
+  /** How many versions the last apply() wrote for a spilled transaction. */
+  spilledVersions = 0;
+
   constructor(
     private readonly store: pg.ClientBase,
     readonly nodeId: string,
@@ -99,6 +113,11 @@ export class StoreWriter {
     const last = transactions[transactions.length - 1];
     if (last === undefined) throw new StoreWriteError('apply() needs at least one transaction');
     const checkpoint = { lsn: last.endLsn, time: last.commitTime, timeMicros: last.commitTimeMicros };
+    if (this.spillOpen !== (transactions[0]?.spilled ?? false) || transactions.slice(1).some((t) => t.spilled)) {
+      // pieces belong to the transaction they were spilled from, which must come first
+      throw new StoreWriteError('a spilled transaction and its pieces do not match: apply it first, after its pieces');
+    }
+    this.spilledVersions = 0;
     await this.inTransaction(async () => {
       for (const txn of transactions) await this.applyOne(txn);
       await this.saveCheckpoint(checkpoint);
@@ -112,6 +131,7 @@ export class StoreWriter {
    * the slot advance.
    */
   async heartbeat(checkpoint: Checkpoint): Promise<void> {
+    if (this.spillOpen) throw new StoreWriteError('no heartbeat inside a spilled transaction');
     await this.inTransaction(async () => {
       await this.store.query(
         `INSERT INTO pgtimewarp_store.lsn_time_map (node_id, lsn, commit_ts, is_heartbeat)
@@ -122,15 +142,130 @@ export class StoreWriter {
     });
   }
 
+  /** A spilled transaction's pieces are in an open store transaction. */
+  get spilling(): boolean {
+    return this.spillOpen;
+  }
+
+  /**
+   * Take a piece of a transaction too big to hold (in order).  The first
+   * opens the store transaction that apply() commits; nothing is visible
+   * before then, and a crash or abandonSpill() leaves no trace.
+   */
+  async spill(op: SpillOp): Promise<void> {
+    if (!this.spillOpen) {
+      await this.store.query('BEGIN');
+      this.spillOpen = true;
+      await this.run(() => this.store.query(
+        `CREATE TEMPORARY TABLE pgtimewarp_spill (
+           schema_name text NOT NULL,
+           table_name text NOT NULL,
+           pk text[] COLLATE "C" NOT NULL,
+           born_here boolean NOT NULL,
+           after_truncate boolean NOT NULL,
+           row_data jsonb,
+           toast text[] NOT NULL,
+           carry_from_pk text[] COLLATE "C",
+           first_removal text,
+           prior_live boolean NOT NULL DEFAULT false,
+           PRIMARY KEY (schema_name, table_name, pk)
+         ) ON COMMIT DROP`));
+    }
+    await this.run(() => (op.kind === 'merge' ? this.mergeSpilled(op.keys) : this.truncateSpilled(op.schema, op.table)));
+  }
+
+  /** Drop a spilled transaction's pieces (it turned out to be stored already). */
+  async abandonSpill(): Promise<void> {
+    if (!this.spillOpen) return;
+    this.spillOpen = false;
+    await this.store.query('ROLLBACK');
+  }
+
+  /** `work`, rolling back a spilled transaction's store transaction if it fails. */
+  private async run(work: () => Promise<unknown>): Promise<void> {
+    try {
+      await work();
+    } catch (err) {
+      this.spillOpen = false;
+      await this.store.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+  }
+
   private async inTransaction(work: () => Promise<void>): Promise<void> {
-    await this.store.query('BEGIN');
+    // a spilled transaction's pieces are in the store transaction already open
+    if (!this.spillOpen) await this.store.query('BEGIN');
     try {
       await work();
       await this.store.query('COMMIT');
     } catch (err) {
       await this.store.query('ROLLBACK').catch(() => undefined);
       throw err;
+    } finally {
+      this.spillOpen = false;
     }
+  }
+
+  /**
+   * Merge key states into those of earlier pieces, as the assembler merges
+   * changes: the earlier state's first-change facts stand; the later row
+   * replaces the earlier one, taking the values it did not send from the
+   * state its key (or the key it came from) had before this piece; a key's
+   * first removal stays its first.  Every lookup reads the table as it was
+   * before this statement, which is "before this piece".
+   */
+  private async mergeSpilled(keys: Extract<SpillOp, { kind: 'merge' }>['keys']): Promise<void> {
+    if (keys.length === 0) return;
+    const res = await this.store.query<{ orphans: string }>(
+      `WITH s AS (
+         SELECT * FROM jsonb_to_recordset($1::jsonb) AS s(
+           schema text, "table" text, pk text[], "bornHere" boolean, "afterTruncate" boolean,
+           "rowData" jsonb, "toastColumns" text[], "carryFromPk" text[], "firstRemoval" text)
+       ), r AS (
+         SELECT s.*, e.pk IS NOT NULL AS found, e.row_data AS e_row, e.toast AS e_toast,
+                coalesce(e.carry_from_pk, e.pk) AS e_carry
+           FROM s LEFT JOIN ${SPILL} e
+             ON cardinality(s."toastColumns") > 0 AND e.schema_name = s.schema
+            AND e.table_name = s."table" AND e.pk = coalesce(s."carryFromPk", s.pk)
+       ), resolved AS (
+         SELECT r.*,
+                CASE WHEN found THEN ARRAY(SELECT c FROM unnest(r."toastColumns") c WHERE c = ANY (r.e_toast))
+                     ELSE r."toastColumns" END AS left_toast
+           FROM r
+       ), merged AS (
+         INSERT INTO ${SPILL} AS t
+                (schema_name, table_name, pk, born_here, after_truncate, row_data, toast, carry_from_pk, first_removal)
+         SELECT schema, "table", pk, "bornHere", "afterTruncate",
+                CASE WHEN found
+                     THEN "rowData" || coalesce((SELECT jsonb_object_agg(c, e_row -> c) FROM unnest("toastColumns") c
+                                                  WHERE e_row ? c), '{}')
+                     ELSE "rowData" END,
+                left_toast,
+                CASE WHEN cardinality(left_toast) = 0 THEN NULL WHEN found THEN e_carry ELSE "carryFromPk" END,
+                "firstRemoval"
+           FROM resolved
+         ON CONFLICT (schema_name, table_name, pk) DO UPDATE
+            SET row_data = EXCLUDED.row_data, toast = EXCLUDED.toast, carry_from_pk = EXCLUDED.carry_from_pk,
+                first_removal = coalesce(t.first_removal, EXCLUDED.first_removal)
+         RETURNING 1)
+       SELECT (SELECT count(*) FROM merged) AS merged,
+              (SELECT count(*) FROM r WHERE found AND e_row IS NULL) AS orphans`,
+      [JSON.stringify(keys)],
+    );
+    if (Number(res.rows[0]?.orphans ?? 0) > 0) {
+      // an UPDATE that left a value unsent cannot follow the row's removal
+      throw new StoreWriteError('a spilled transaction updated a row it had removed earlier, keeping an unsent (TOASTed) value; the stream is inconsistent');
+    }
+  }
+
+  /** A TRUNCATE in a spilled transaction: the rows of earlier pieces are gone. */
+  private async truncateSpilled(schema: string, table: string): Promise<void> {
+    await this.store.query(
+      `UPDATE ${SPILL}
+          SET row_data = NULL, toast = '{}', carry_from_pk = NULL, first_removal = coalesce(first_removal, 'truncate')
+        WHERE schema_name = $1 AND table_name = $2 AND row_data IS NOT NULL`,
+      [schema, table],
+    );
   }
 
   private async saveCheckpoint(checkpoint: Checkpoint): Promise<void> {
@@ -153,7 +288,9 @@ export class StoreWriter {
     // had completed and this one had not.
     const commitLsn = lsnToText(txn.endLsn);
     const commitTime = unixMicrosToIso(txn.commitTimeMicros);
-    if (txn.versions.length > 0) {
+    if (txn.spilled) {
+      await this.writeSpilledVersions(commitLsn, commitTime);
+    } else if (txn.versions.length > 0) {
       const previous = await this.closeOpenVersions(txn, commitLsn, commitTime);
       await this.insertVersions(txn, commitLsn, commitTime, previous);
     }
@@ -178,6 +315,68 @@ export class StoreWriter {
        VALUES ($1, $2, $3) ON CONFLICT (node_id, lsn) DO NOTHING`,
       [this.nodeId, commitLsn, commitTime],
     );
+  }
+
+  /**
+   * The versions of a spilled transaction, from its merged key states: the
+   * same rules as the assembler's commit and closeOpenVersions /
+   * insertVersions below, in set-based SQL over the temporary table.
+   */
+  private async writeSpilledVersions(commitLsn: string, commitTime: string): Promise<void> {
+    if (!this.spillOpen) throw new StoreWriteError('a spilled transaction reached the writer without its pieces');
+    await this.store.query(`ANALYZE ${SPILL}`); // temporary tables get no statistics otherwise
+    // values not sent: from the open version of the key they come from
+    await this.store.query(
+      `UPDATE ${SPILL} p
+          SET row_data = p.row_data || coalesce((SELECT jsonb_object_agg(c, v.row_data -> c) FROM unnest(p.toast) c
+                                                  WHERE v.row_data ? c), '{}'),
+              toast = '{}'
+         FROM pgtimewarp_store.row_versions v
+        WHERE cardinality(p.toast) > 0 AND p.row_data IS NOT NULL
+          AND v.node_id = $1 AND v.schema_name = p.schema_name AND v.table_name = p.table_name
+          AND v.pk = coalesce(p.carry_from_pk, p.pk) AND v.valid_to_lsn IS NULL AND v.row_data IS NOT NULL`,
+      [this.nodeId],
+    );
+    const uncarried = await this.store.query<{ schema_name: string; table_name: string; pk: string[]; toast: string[]; carry: string[] }>(
+      `SELECT schema_name, table_name, pk, toast, coalesce(carry_from_pk, pk) AS carry
+         FROM ${SPILL} WHERE cardinality(toast) > 0 AND row_data IS NOT NULL LIMIT 1`,
+    );
+    const u = uncarried.rows[0];
+    if (u !== undefined) {
+      throw new StoreWriteError(
+        `cannot carry the unchanged value of ${u.schema_name}.${u.table_name}.${u.toast.join(', ')} for key ` +
+          `${JSON.stringify(u.pk)}: the store has no previous version of key ${JSON.stringify(u.carry)}`,
+      );
+    }
+    // keys with a version: present at commit, or removed having existed before
+    await this.store.query(
+      `WITH closed AS (
+         UPDATE pgtimewarp_store.row_versions v
+            SET valid_to_lsn = $2, valid_to_ts = $3
+           FROM ${SPILL} p
+          WHERE (p.row_data IS NOT NULL OR NOT (p.born_here OR p.after_truncate))
+            AND v.node_id = $1 AND v.schema_name = p.schema_name AND v.table_name = p.table_name
+            AND v.pk = p.pk AND v.valid_to_lsn IS NULL AND v.valid_from_lsn < $2
+         RETURNING v.schema_name, v.table_name, v.pk, v.row_data IS NOT NULL AS live)
+       UPDATE ${SPILL} p SET prior_live = c.live
+         FROM closed c
+        WHERE p.schema_name = c.schema_name AND p.table_name = c.table_name AND p.pk = c.pk`,
+      [this.nodeId, commitLsn, commitTime],
+    );
+    const inserted = await this.store.query(
+      `INSERT INTO pgtimewarp_store.row_versions
+             (node_id, schema_name, table_name, pk, valid_from_lsn, valid_from_ts, op, row_data)
+       SELECT $1, schema_name, table_name, pk, $2, $3,
+              CASE WHEN row_data IS NULL THEN coalesce(first_removal, 'delete')
+                   WHEN born_here THEN 'insert'
+                   WHEN after_truncate AND NOT prior_live THEN 'insert'
+                   ELSE 'update' END,
+              row_data
+         FROM ${SPILL}
+        WHERE row_data IS NOT NULL OR NOT (born_here OR after_truncate)`,
+      [this.nodeId, commitLsn, commitTime],
+    );
+    this.spilledVersions = inserted.rowCount ?? 0;
   }
 
   /**

@@ -1,0 +1,197 @@
+// Spilled transactions (bounded memory, agent/assemble.ts and agent/writer.ts)
+// give exactly the versions held ones give.  A seeded random stream of
+// decoded messages (inserts, updates with values left unsent as unchanged
+// TOAST, key changes and chains of them, deletes, reinserts, TRUNCATEs, in
+// transactions of 1 to 12 changes) goes through two assemblers and writers
+// into one store under two node ids: one never spills, the other spills
+// after every 1 to 3 keys, so key states of one transaction meet across
+// pieces in every way the stream allows.  Both start from the same real
+// baseline; afterwards their row_versions must be identical, and the
+// checkpoint the same.  The held path is itself checked against a model by
+// agent-model.test.ts.
+
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+
+import { TransactionAssembler, type Catalog, type TrackedTable } from '../../agent/assemble.js';
+import { UNCHANGED_TOAST, lsnFromText, type ColumnValue, type DecodedMessage, type Lsn, type RelationInfo } from '../../agent/decode.js';
+import { StoreWriter } from '../../agent/writer.js';
+import { Random, testSeed } from '../support/random.js';
+import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
+import { useCluster } from '../support/use-cluster.js';
+
+const cluster = useCluster();
+let timewarp: Timewarp;
+let store: pg.Client;
+let tracked: TrackedTable[];
+let trackedFrom: Lsn;
+
+const docs: RelationInfo = {
+  oid: 0,
+  schema: 'public',
+  table: 'docs',
+  columns: [
+    { name: 'id', typeOid: 23, isKey: true },
+    { name: 'title', typeOid: 25, isKey: false },
+    { name: 'body', typeOid: 25, isKey: false },
+  ],
+};
+const INITIAL_KEYS = 6;
+const KEY_RANGE = 14;
+const HELD = 'held';
+const SPILLED = 'spilled';
+
+beforeAll(async () => {
+  timewarp = await setupTimewarp(cluster(), { nodeId: HELD });
+  store = await cluster().connect('store');
+  const { source } = timewarp;
+  await source.query(`CREATE TABLE docs (id int PRIMARY KEY, title text, body text)`);
+  await source.query(`INSERT INTO docs SELECT g, 'title ' || g, repeat('body ' || g, 3000) FROM generate_series(1, $1) g`, [INITIAL_KEYS]);
+  const res = await source.query<{ b: string }>(`SELECT pgtimewarp_track('docs')::text AS b`);
+  trackedFrom = lsnFromText(res.rows[0]!.b);
+  // the second node: the same baseline
+  await store.query(`INSERT INTO pgtimewarp_store.nodes (node_id, database_name, system_identifier)
+                     SELECT $2, database_name, system_identifier FROM pgtimewarp_store.nodes WHERE node_id = $1`, [HELD, SPILLED]);
+  await store.query(`INSERT INTO pgtimewarp_store.tracked_relations
+                            (node_id, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts)
+                     SELECT $2, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts
+                       FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`, [HELD, SPILLED]);
+  await store.query(`INSERT INTO pgtimewarp_store.row_versions
+                            (node_id, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data)
+                     SELECT $2, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data
+                       FROM pgtimewarp_store.row_versions WHERE node_id = $1`, [HELD, SPILLED]);
+  tracked = await new StoreWriter(store, HELD, 'pgtimewarp').trackedTables();
+});
+
+afterAll(async () => {
+  await timewarp?.source.end();
+  await store?.end();
+});
+
+/**
+ * A stream of transactions the table could really produce: it knows which
+ * keys exist, so updates and deletes hit existing rows and inserts new ones.
+ */
+function* workload(r: Random, transactions: number): Generator<DecodedMessage[]> {
+  const rows = new Map<number, { title: string }>();
+  for (let id = 1; id <= INITIAL_KEYS; id++) rows.set(id, { title: `title ${id}` });
+  const row = (values: Record<string, ColumnValue>): Map<string, ColumnValue> => new Map(Object.entries(values));
+  let n = 0;
+  for (let t = 0; t < transactions; t++) {
+    const changes: DecodedMessage[] = [];
+    const count = r.int(1, 12);
+    for (let c = 0; c < count; c++) {
+      n++;
+      const present = [...rows.keys()];
+      const absent = Array.from({ length: KEY_RANGE }, (_, i) => i + 1).filter((id) => !rows.has(id));
+      const kind = r.weighted<string>([
+        [present.length > 0 ? 5 : 0, 'update'],
+        [present.length > 0 && absent.length > 0 ? 3 : 0, 'key change'],
+        [present.length > 0 ? 2 : 0, 'delete'],
+        [absent.length > 0 ? 3 : 0, 'insert'],
+        [0.3, 'truncate'],
+      ]);
+      // a body is either sent (a new value) or left unsent, as unchanged TOAST
+      const body = (): ColumnValue => (r.chance(0.6) ? UNCHANGED_TOAST : r.chance(0.2) ? null : `body ${n}`);
+      if (kind === 'update') {
+        const id = r.pick(present);
+        const title = r.chance(0.8) ? `t${n}` : rows.get(id)!.title;
+        changes.push({ type: 'update', relation: docs, oldRow: null, newRow: row({ id: String(id), title, body: body() }) });
+        rows.set(id, { title });
+      } else if (kind === 'key change') {
+        const from = r.pick(present);
+        const to = r.pick(absent);
+        changes.push({ type: 'update', relation: docs, oldRow: row({ id: String(from) }),
+          newRow: row({ id: String(to), title: rows.get(from)!.title, body: body() }) });
+        rows.set(to, rows.get(from)!);
+        rows.delete(from);
+      } else if (kind === 'delete') {
+        const id = r.pick(present);
+        changes.push({ type: 'delete', relation: docs, oldRow: row({ id: String(id) }) });
+        rows.delete(id);
+      } else if (kind === 'insert') {
+        const id = r.pick(absent);
+        changes.push({ type: 'insert', relation: docs, newRow: row({ id: String(id), title: `new ${n}`, body: r.chance(0.5) ? null : `body ${n}` }) });
+        rows.set(id, { title: `new ${n}` });
+      } else {
+        changes.push({ type: 'truncate', relations: [docs] });
+        rows.clear();
+      }
+    }
+    yield changes;
+  }
+}
+
+describe('a spilled transaction', () => {
+  const seed = testSeed();
+
+  it('writes exactly the versions a held one writes', { timeout: 120_000 }, async () => {
+    onTestFailed(() => console.error(`spill differential: replay with PGTIMEWARP_SEED=${seed}`));
+    const r = new Random(seed);
+    const catalog: Catalog = {
+      tracked: (schema, table) => tracked.find((t) => t.schema === schema && t.table === table),
+      baseType: (oid) => oid,
+    };
+    const held = { assembler: new TransactionAssembler(catalog), writer: new StoreWriter(store, HELD, 'pgtimewarp') };
+    const spilledWriter = new StoreWriter(store, SPILLED, 'pgtimewarp');
+
+    let lsn = trackedFrom;
+    let spilledTransactions = 0;
+    let truncates = 0;
+    for (const changes of workload(r, 250)) {
+      lsn += 1000n;
+      const commitTime = new Date(Date.UTC(2030, 0, 1) + Number(lsn - trackedFrom));
+      const commitTimeMicros = BigInt(commitTime.getTime()) * 1000n;
+      const begin: DecodedMessage = { type: 'begin', xid: Number(lsn % 100000n), finalLsn: lsn, commitTime, commitTimeMicros };
+      const commit: DecodedMessage = { type: 'commit', commitLsn: lsn, endLsn: lsn + 16n, commitTime, commitTimeMicros };
+      truncates += changes.filter((c) => c.type === 'truncate').length;
+
+      // held: the usual path
+      held.assembler.push(begin);
+      for (const change of changes) held.assembler.push(change);
+      const heldTxn = held.assembler.push(commit)!;
+      expect(heldTxn.spilled).toBe(false);
+      await held.writer.apply([heldTxn]);
+
+      // spilled: a fresh assembler per transaction, so each gets its own small limit
+      const spiller = new TransactionAssembler(catalog, { spillKeys: r.int(1, 3) });
+      for (const message of [begin, ...changes, commit]) {
+        const txn = spiller.push(message);
+        for (const op of spiller.takeSpill()) await spilledWriter.spill(op);
+        if (txn === null) continue;
+        if (txn.spilled) spilledTransactions++;
+        await spilledWriter.apply([txn]);
+      }
+    }
+    // the stream did exercise the pieces
+    expect(spilledTransactions).toBeGreaterThan(150);
+    expect(truncates).toBeGreaterThan(0);
+
+    const versions = async (node: string): Promise<string[]> => {
+      const res = await store.query<{ v: string }>(
+        `SELECT format('%s %s %s..%s %s', pk, op, valid_from_lsn, valid_to_lsn, row_data) AS v
+           FROM pgtimewarp_store.row_versions WHERE node_id = $1
+          ORDER BY pk, valid_from_lsn`,
+        [node],
+      );
+      return res.rows.map((x) => x.v);
+    };
+    const expected = await versions(HELD);
+    expect(expected.length).toBeGreaterThan(500);
+    expect(await versions(SPILLED)).toEqual(expected);
+    expect(await spilledWriter.checkpoint()).toEqual(await held.writer.checkpoint());
+  });
+
+  it('leaves nothing behind when abandoned', async () => {
+    const writer = new StoreWriter(store, SPILLED, 'pgtimewarp');
+    const before = await store.query(`SELECT count(*) FROM pgtimewarp_store.row_versions`);
+    await writer.spill({ kind: 'merge', keys: [{ schema: 'public', table: 'docs', pk: ['1'], bornHere: false, afterTruncate: false,
+      rowData: { id: '1', title: 'x', body: null }, toastColumns: [], carryFromPk: null, firstRemoval: null }] });
+    expect(writer.spilling).toBe(true);
+    await writer.abandonSpill();
+    expect(writer.spilling).toBe(false);
+    expect((await store.query(`SELECT count(*) FROM pgtimewarp_store.row_versions`)).rows).toEqual(before.rows);
+    // the temporary table went with the store transaction
+    expect((await store.query(`SELECT to_regclass('pg_temp.pgtimewarp_spill') AS t`)).rows).toEqual([{ t: null }]);
+  });
+});

@@ -10,9 +10,9 @@
 
 import pg from 'pg';
 
-import { configPath, resolveConnections, type InstalledConfig } from './config.js';
+import { resolveConnections } from './config.js';
 import { type PgNotice } from './output.js';
-import { redactPassword } from './store.js';
+import { describeConnection, quoteIdent } from './query-connection.js';
 
 /** What every query command takes: where the source is, and who hears notices. */
 export interface SourceOptions {
@@ -41,32 +41,13 @@ interface SourceSession {
 }
 
 /**
- * Where the source URL came from, for messages: a user who gets "could not
- * connect" needs to know which setting to fix.
- */
-function describeSource(flag: string | undefined, env: NodeJS.ProcessEnv, config: InstalledConfig | null): string {
-  if (flag !== undefined) return `${redactPassword(flag)} (from --source)`;
-  const fromEnv = env['PGTIMEWARP_SOURCE_URL'];
-  if (fromEnv !== undefined) return `${redactPassword(fromEnv)} (from PGTIMEWARP_SOURCE_URL)`;
-  if (config !== null) return `${redactPassword(config.sourceUrl)} (from the config file ${configPath(env)})`;
-  const pgVars = ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER']
-    .filter((v) => env[v])
-    .map((v) => `${v}=${env[v]}`);
-  return `named by the PG* environment variables (${pgVars.join(', ')})`;
-}
-
-function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
-}
-
-/**
  * Connect to the source database and find the extension, or fail with what
  * to do.  The caller ends the client.
  */
 async function openSource(opts: SourceOptions): Promise<SourceSession> {
   const env = opts.env ?? process.env;
   const conn = resolveConnections({ source: opts.source }, { source: true }, env);
-  const where = describeSource(opts.source, env, conn.config);
+  const where = describeConnection('source', opts.source, env, conn.config);
   const client = new pg.Client({
     connectionString: conn.sourceUrl,
     application_name: 'pgtimewarp cli',

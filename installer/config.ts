@@ -30,6 +30,18 @@ export interface InstalledConfig {
   logFile?: string;
   /** systemd agent: the unit's name. */
   systemdUnit?: string;
+  /** systemd and none: the file with the agent's environment (its URLs). */
+  envFile?: string;
+  /**
+   * The roles install created and their passwords: this file is the one
+   * place that keeps them, so a rerun reuses them instead of rotating.
+   */
+  agentRole?: string;
+  agentPassword?: string;
+  fdwRole?: string;
+  fdwPassword?: string;
+  /** install created postgres_fdw (CREATE EXTENSION pgtimewarp CASCADE), so uninstall may drop it. */
+  postgresFdwCreatedByInstall?: boolean;
 }
 
 export class ConfigError extends Error {}

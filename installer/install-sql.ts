@@ -1,0 +1,128 @@
+// Connection and quoting helpers shared by install and uninstall: how a URL
+// (or libpq's PG* variables) becomes a client, another database on the same
+// server, or the same server under another role.
+
+import pg from 'pg';
+import { parse as parseConnectionString, toClientConfig } from 'pg-connection-string';
+
+/** Quote an identifier for SQL. */
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Quote a string literal for SQL (for the few statements that take no parameters: DDL, ALTER SERVER). */
+export function quoteLiteral(value: string): string {
+  return `'${value.replace(/'/g, "''")}'`;
+}
+
+/** Where a URL (or, when undefined, the PG* variables) leads, as node-postgres resolves it. */
+export interface ConnParams {
+  host: string;
+  port: number;
+  database: string;
+  user: string;
+  password: string | undefined;
+}
+
+export function connParams(url: string | undefined): ConnParams {
+  const client = new pg.Client(clientConfig(url));
+  const password = typeof client.password === 'string' ? client.password : undefined;
+  const user = client.user ?? '';
+  return { host: client.host, port: client.port, database: client.database ?? user, user, password };
+}
+
+/** Client settings for `url`, optionally in another database of the same server. */
+export function clientConfig(url: string | undefined, database?: string): pg.ClientConfig {
+  if (url === undefined) return database === undefined ? {} : { database };
+  if (database === undefined) return { connectionString: url };
+  // A connectionString wins over every other field, so parse it and replace the database.
+  return { ...toClientConfig(parseConnectionString(url)), database };
+}
+
+/** Run `work` with a connected client; always ends it. */
+export async function withClient<T>(
+  url: string | undefined,
+  work: (client: pg.Client) => Promise<T>,
+  opts: { database?: string; what?: string } = {},
+): Promise<T> {
+  const client = new pg.Client(clientConfig(url, opts.database));
+  client.on('error', () => undefined); // surfaces through the failing query
+  try {
+    await client.connect();
+  } catch (err) {
+    const where = describeTarget(url, opts.database);
+    throw new Error(`cannot connect to ${opts.what ?? 'the database'} ${where}: ${errorMessage(err)}`);
+  }
+  try {
+    return await work(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** "db on host:port as user", for messages: never the password. */
+export function describeTarget(url: string | undefined, database?: string): string {
+  const p = connParams(url);
+  return `"${database ?? p.database}" on ${p.host}:${p.port} as ${p.user}`;
+}
+
+/**
+ * The URL of the same database under other credentials: the agent's URLs
+ * are the installer's with the agent role's name and password.  Every other
+ * setting (host, port, sslmode, ...) is kept.
+ */
+export function urlWithCredentials(url: string | undefined, user: string, password: string): string {
+  if (url !== undefined && /^postgres(ql)?:\/\//i.test(url)) {
+    const u = new URL(url);
+    u.searchParams.delete('user');
+    u.searchParams.delete('password');
+    if (u.host !== '') {
+      u.username = encodeURIComponent(user);
+      u.password = encodeURIComponent(password);
+    } else {
+      // postgresql:///db?host=/socket: a URL without a host cannot carry credentials
+      u.searchParams.set('user', user);
+      u.searchParams.set('password', password);
+    }
+    return u.toString();
+  }
+  const p = connParams(url);
+  return buildUrl({ ...p, user, password });
+}
+
+/** A postgresql:// URL for explicit parameters (unix socket directories as ?host=). */
+export function buildUrl(p: ConnParams): string {
+  const auth = `${encodeURIComponent(p.user)}${p.password !== undefined ? `:${encodeURIComponent(p.password)}` : ''}`;
+  const db = encodeURIComponent(p.database);
+  if (p.host.startsWith('/')) {
+    return `postgresql://${auth}@/${db}?host=${encodeURIComponent(p.host)}&port=${p.port}`;
+  }
+  const host = p.host.includes(':') ? `[${p.host}]` : p.host;
+  return `postgresql://${auth}@${host}:${p.port}/${db}`;
+}
+
+/** A connection URL safe to print: any password replaced by "***". */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    if (u.searchParams.has('password')) u.searchParams.set('password', '***');
+    return u.toString();
+  } catch {
+    return '(unparsable connection string)';
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof pg.DatabaseError) {
+    return [err.message, err.detail ? `DETAIL: ${err.detail}` : '', err.hint ? `HINT: ${err.hint}` : '']
+      .filter(Boolean)
+      .join(' ');
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The SQLSTATE of a PostgreSQL error, or undefined. */
+export function sqlState(err: unknown): string | undefined {
+  return err instanceof pg.DatabaseError ? err.code : undefined;
+}

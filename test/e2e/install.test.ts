@@ -1,0 +1,316 @@
+// `pgtimewarp install` and `pgtimewarp uninstall`, run as the real CLI (from
+// source, through tsx) against throwaway clusters, the source database and
+// the store on the same cluster:
+//   - --dry-run on a fresh cluster prints the plan and touches nothing;
+//   - install sets everything up, with least-privilege roles and a background
+//     agent, and time travel then works end to end;
+//   - a second install changes nothing and says so;
+//   - uninstall leaves no agent, slot, publication, foreign server, extension,
+//     role or config file, and keeps the history; a second uninstall is a no-op;
+//   - against wal_level=replica, install fails with the fix (ALTER SYSTEM and
+//     a restart) and changes nothing; with --restart it makes the change and
+//     restarts the server itself (here with wal2json and no agent).
+//
+// Each install writes its config (and the agent's pid and log files) into a
+// temp dir through PGTIMEWARP_CONFIG, never /etc.
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { startCluster, type Cluster } from '../support/cluster.js';
+import { useCluster } from '../support/use-cluster.js';
+import { waitFor } from '../support/wait.js';
+
+const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const cluster = useCluster();
+
+interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run `pgtimewarp <args>` with its config in `configDir`, and no PG* or PGTIMEWARP_* settings of ours leaking in. */
+function cli(args: string[], configDir: string): Promise<CliRun> {
+  const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PG')));
+  env['PGTIMEWARP_CONFIG'] = join(configDir, 'config.json');
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'installer/cli.ts', ...args], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+interface JsonStep {
+  id: string;
+  status: 'changed' | 'unchanged' | 'skipped' | 'would-change';
+  detail: string;
+}
+
+interface InstallJson {
+  ok: boolean;
+  changed: boolean;
+  dryRun: boolean;
+  message: string;
+  steps: JsonStep[];
+  nodeId: string;
+  agent: { mode: string; pid?: number; pidFile?: string; logFile?: string; envFile?: string };
+}
+
+/** The JSON a --json run printed; fails with the run's output when it is not. */
+function parsed<T>(run: CliRun): T {
+  try {
+    return JSON.parse(run.stdout) as T;
+  } catch {
+    throw new Error(`not JSON (exit code ${run.code}):\n${run.stdout}\n${run.stderr}`);
+  }
+}
+
+function statusOf(result: { steps: JsonStep[] }, id: string): string | undefined {
+  return result.steps.find((s) => s.id === id)?.status;
+}
+
+/** One value from the cluster, as text ('' for NULL or no row). */
+async function value(c: Cluster, sql: string, db = 'postgres'): Promise<string> {
+  return (await c.psql(sql, db)).trim();
+}
+
+/** What install creates, as seen on a cluster: empty strings / zeros when nothing is there. */
+async function footprint(c: Cluster, sourceDb: string, storeDb: string): Promise<Record<string, string>> {
+  return {
+    storeDatabase: await value(c, `SELECT count(*) FROM pg_database WHERE datname = '${storeDb}'`),
+    roles: await value(c, `SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname LIKE 'pgtimewarp%'`),
+    slots: await value(c, `SELECT count(*) FROM pg_replication_slots`),
+    publications: await value(c, `SELECT count(*) FROM pg_publication`, sourceDb),
+    extensions: await value(c, `SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension WHERE extname <> 'plpgsql'`, sourceDb),
+    foreignServers: await value(c, `SELECT count(*) FROM pg_foreign_server`, sourceDb),
+  };
+}
+
+const NOTHING: Record<string, string> = { storeDatabase: '0', roles: '', slots: '0', publications: '0', extensions: '', foreignServers: '0' };
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !/ Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
+  } catch {
+    return false;
+  }
+}
+
+const tempDirs: string[] = [];
+const agentPids = new Set<number>();
+afterAll(() => {
+  // an agent left behind by a failed test must not outlive the run
+  for (const pid of agentPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'pgtimewarp-install-'));
+  tempDirs.push(dir);
+  return dir;
+}
+
+describe('pgtimewarp install and uninstall on a fresh cluster', () => {
+  const configDir = tempDir();
+  const sourceDb = 'app';
+  const storeDb = 'history';
+  let sourceUrl = '';
+  let storeUrl = '';
+  let installed: InstallJson;
+
+  it('--dry-run prints the plan and touches nothing', async () => {
+    const c = cluster();
+    await c.psql(`CREATE DATABASE ${sourceDb}`);
+    sourceUrl = c.url(sourceDb);
+    storeUrl = c.url(storeDb);
+
+    const run = await cli(['install', '--source', sourceUrl, '--store', storeUrl, '--agent', 'background', '--dry-run', '--json'], configDir);
+    expect(run.code, run.stderr).toBe(0);
+    const plan = parsed<InstallJson>(run);
+    expect(plan.dryRun).toBe(true);
+    expect(plan.changed).toBe(true);
+    for (const id of ['config', 'store-database', 'store-schema', 'roles', 'grants', 'publication', 'slot', 'extension', 'fdw-server', 'user-mapping', 'node', 'agent']) {
+      expect(statusOf(plan, id), id).toBe('would-change');
+    }
+    expect(plan.message).toMatch(/nothing was changed/);
+
+    expect(await footprint(c, sourceDb, storeDb)).toEqual(NOTHING);
+    expect(existsSync(join(configDir, 'config.json'))).toBe(false);
+    expect(existsSync(plan.agent.pidFile!)).toBe(false);
+  });
+
+  it('installs everything, with least-privilege roles and a background agent', async () => {
+    const c = cluster();
+    const run = await cli(['install', '--source', sourceUrl, '--store', storeUrl, '--agent', 'background', '--yes', '--json'], configDir);
+    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
+    installed = parsed<InstallJson>(run);
+    expect(installed.changed).toBe(true);
+    for (const id of ['config', 'store-database', 'store-schema', 'roles', 'grants', 'publication', 'slot', 'extension', 'fdw-server', 'user-mapping', 'node', 'agent']) {
+      expect(statusOf(installed, id), id).toBe('changed');
+    }
+    expect(statusOf(installed, 'verify')).toBe('unchanged');
+    const pid = installed.agent.pid!;
+    agentPids.add(pid);
+    expect(alive(pid)).toBe(true);
+    expect(readFileSync(installed.agent.pidFile!, 'utf8').trim()).toBe(String(pid));
+
+    const footprintNow = await footprint(c, sourceDb, storeDb);
+    expect(footprintNow).toEqual({
+      storeDatabase: '1', roles: 'pgtimewarp_agent,pgtimewarp_fdw', slots: '1', publications: '1',
+      extensions: 'pgtimewarp,postgres_fdw', foreignServers: '1',
+    });
+    // the config file holds passwords: its owner's only
+    const configFile = join(configDir, 'config.json');
+    expect(statSync(configFile).mode & 0o777).toBe(0o600);
+    const config = JSON.parse(readFileSync(configFile, 'utf8')) as Record<string, string>;
+    expect(config['nodeId']).toBe(installed.nodeId);
+    expect(config['agentSourceUrl']).toContain('pgtimewarp_agent:');
+
+    // roles: the agent may replicate and nothing more on the source; neither is a superuser
+    expect(await value(c, `SELECT string_agg(format('%s:%s:%s:%s', rolname, rolsuper, rolreplication, rolcanlogin), ' ' ORDER BY rolname)
+                             FROM pg_roles WHERE rolname LIKE 'pgtimewarp%'`))
+      .toBe('pgtimewarp_agent:f:t:t pgtimewarp_fdw:f:f:t');
+    // the extension reaches the store as pgtimewarp_fdw only, through its owner's mapping, at the store's address
+    expect(await value(c, `SELECT string_agg(usename || ' ' || array_to_string(umoptions, ','), ';') FROM pg_user_mappings WHERE srvname = 'pgtimewarp_store'`, sourceDb))
+      .toMatch(/^postgres user=pgtimewarp_fdw,password=[0-9a-f]{48}$/);
+    expect(await value(c, `SELECT array_to_string(srvoptions, ',') FROM pg_foreign_server WHERE srvname = 'pgtimewarp_store'`, sourceDb))
+      .toContain(`host=${c.host},port=${c.port},dbname=${storeDb}`);
+    // pgtimewarp_fdw writes what track/untrack/forget write, and no more
+    const privileges = await value(c, `SELECT string_agg(format('%s.%s', t, p), ' ' ORDER BY t, p) FROM
+        unnest(ARRAY['nodes','tracked_relations','row_versions','lsn_time_map','wal_checkpoints','health_events']) t,
+        unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE']) p
+       WHERE has_table_privilege('pgtimewarp_fdw', 'pgtimewarp_store.' || t, p)`, storeDb);
+    expect(privileges).toBe(
+      'health_events.SELECT lsn_time_map.SELECT nodes.INSERT nodes.SELECT row_versions.DELETE row_versions.INSERT row_versions.SELECT ' +
+        'tracked_relations.DELETE tracked_relations.INSERT tracked_relations.SELECT tracked_relations.UPDATE wal_checkpoints.SELECT',
+    );
+    expect(await value(c, `SELECT node_id FROM pgtimewarp.config`, sourceDb)).toBe(installed.nodeId);
+    expect(await value(c, `SELECT count(*) FROM pgtimewarp_store.nodes WHERE node_id = '${installed.nodeId}'`, storeDb)).toBe('1');
+    // the agent streams as its own role
+    await waitFor('the agent to stream', async () => (await value(c, `SELECT usename FROM pg_stat_replication`)) === 'pgtimewarp_agent');
+  });
+
+  it('time travel works end to end', async () => {
+    const c = cluster();
+    const app = await c.connect(sourceDb);
+    await app.query(`CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL)`);
+    await app.query(`INSERT INTO accounts VALUES (1, 'alice', 100.00), (2, 'bob', 50)`);
+    await app.query(`SELECT pgtimewarp_track('accounts')`);
+    const before = (await app.query<{ t: string }>(`SELECT clock_timestamp()::text AS t`)).rows[0]!.t;
+    await new Promise((resolve) => setTimeout(resolve, 20)); // the changes commit strictly later
+    await app.query(`UPDATE accounts SET balance = balance + 20 WHERE id = 1`);
+    await app.query(`DELETE FROM accounts WHERE id = 2`);
+    const end = (await app.query<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)).rows[0]!.lsn;
+
+    await waitFor('the agent to store the changes', async () => (await value(c,
+      `SELECT confirmed_lsn >= '${end}' FROM pgtimewarp_store.wal_checkpoints WHERE node_id = '${installed.nodeId}'`, storeDb)) === 't', 20_000);
+
+    const asof = async (id: number, at: string): Promise<unknown> =>
+      (await app.query<{ row: unknown }>(`SELECT pgtimewarp_asof_pk('accounts', $1, $2::timestamptz) AS row`, [JSON.stringify({ id }), at])).rows[0]!.row;
+    const now = (await app.query<{ t: string }>(`SELECT clock_timestamp()::text AS t`)).rows[0]!.t;
+    expect(await asof(1, before)).toEqual({ id: 1, owner: 'alice', balance: 100.0 });
+    expect(await asof(2, before)).toEqual({ id: 2, owner: 'bob', balance: 50 });
+    expect(await asof(1, now)).toEqual({ id: 1, owner: 'alice', balance: 120.0 });
+    expect(await asof(2, now)).toBeNull();
+    await app.end();
+  });
+
+  it('a second install changes nothing and says so', async () => {
+    const c = cluster();
+    const passwords = await value(c, `SELECT string_agg(rolpassword, ' ' ORDER BY rolname) FROM pg_authid WHERE rolname LIKE 'pgtimewarp%'`);
+    const slot = await value(c, `SELECT slot_name || ' ' || restart_lsn FROM pg_replication_slots`);
+
+    // connections from the config file this time, and the text output a person reads
+    const text = await cli(['install', '--yes'], configDir);
+    expect(text.code, `${text.stdout}\n${text.stderr}`).toBe(0);
+    expect(text.stdout).toContain('nothing to do: pgtimewarp is installed and up to date');
+    expect(text.stdout).not.toMatch(/: (created|wrote|started|set |granted|applied)/);
+
+    const run = await cli(['install', '--json'], configDir);
+    expect(run.code, run.stderr).toBe(0);
+    const again = parsed<InstallJson>(run);
+    expect(again.changed).toBe(false);
+    expect(again.steps.filter((s) => s.status !== 'unchanged' && s.status !== 'skipped')).toEqual([]);
+    expect(again.nodeId).toBe(installed.nodeId);
+    expect(again.agent.pid).toBe(installed.agent.pid); // the same agent process, left alone
+
+    expect(await value(c, `SELECT string_agg(rolpassword, ' ' ORDER BY rolname) FROM pg_authid WHERE rolname LIKE 'pgtimewarp%'`)).toBe(passwords);
+    expect(await value(c, `SELECT slot_name FROM pg_replication_slots`)).toBe(slot.split(' ')[0]);
+    expect(await value(c, `SELECT count(*) FROM pg_replication_slots`)).toBe('1');
+    expect(await value(c, `SELECT extversion FROM pg_extension WHERE extname = 'pgtimewarp'`, sourceDb)).toBe('0.1');
+  });
+
+  it('uninstall removes the agent, slot, publication, foreign server, extension, roles and config; the history stays', async () => {
+    const c = cluster();
+    const run = await cli(['uninstall', '--yes', '--json'], configDir);
+    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
+    const result = parsed<{ changed: boolean; steps: JsonStep[]; message: string }>(run);
+    expect(result.changed).toBe(true);
+    expect(statusOf(result, 'store')).toBe('skipped');
+    expect(result.message).toMatch(/history stays in the store/);
+
+    await waitFor('the agent to exit', () => !alive(installed.agent.pid!), 5_000);
+    expect(existsSync(installed.agent.pidFile!)).toBe(false);
+    expect(existsSync(join(configDir, 'config.json'))).toBe(false);
+    // only the store database is left, with the history in it
+    expect(await footprint(c, sourceDb, storeDb)).toEqual({ ...NOTHING, storeDatabase: '1' });
+    expect(await value(c, `SELECT count(*) FROM pgtimewarp_store.row_versions WHERE table_name = 'accounts'`, storeDb)).toBe('4');
+
+    // nothing left to do, however often it runs (the config file is gone: flags now)
+    const again = await cli(['uninstall', '--source', sourceUrl, '--store', storeUrl, '--json'], configDir);
+    expect(again.code, again.stderr).toBe(0);
+    const second = parsed<{ changed: boolean; steps: JsonStep[]; message: string }>(again);
+    expect(second.changed).toBe(false);
+    expect(second.message).toMatch(/^nothing to do/);
+  });
+});
+
+describe('pgtimewarp install against wal_level = replica', () => {
+  let replica: Cluster | undefined;
+  afterAll(async () => {
+    await replica?.stop();
+  });
+
+  it('fails with the fix and changes nothing; --restart makes the change itself', async () => {
+    replica = await startCluster({ settings: { wal_level: 'replica' } });
+    const c = replica;
+    const configDir = tempDir();
+    await c.psql('CREATE DATABASE app');
+    const args = ['install', '--source', c.url('app'), '--store', c.url('history'), '--yes'];
+
+    const refused = await cli(args, configDir);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('wal_level is replica');
+    expect(refused.stderr).toContain('ALTER SYSTEM SET wal_level = logical');
+    expect(refused.stderr).toMatch(/restart PostgreSQL \(.*pg_ctl restart -D .*\); a reload is not enough/);
+    expect(refused.stderr).toContain('--restart');
+    expect(refused.stderr).toContain('nothing was changed');
+    // one clean error from the command (the task list above it shows only its first line)
+    expect(refused.stderr.match(/^pgtimewarp: .*/gm)).toEqual(['pgtimewarp: cannot install: 1 problem to fix first (nothing was changed):']);
+    expect(await footprint(c, 'app', 'history')).toEqual(NOTHING);
+    expect(await value(c, 'SHOW wal_level')).toBe('replica');
+    expect(existsSync(join(configDir, 'config.json'))).toBe(false);
+
+    const run = await cli([...args, '--restart', '--plugin', 'wal2json', '--agent', 'none', '--json'], configDir);
+    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
+    const result = parsed<InstallJson>(run);
+    expect(statusOf(result, 'settings')).toBe('changed');
+    expect(statusOf(result, 'publication')).toBe('skipped'); // wal2json needs none
+    expect(statusOf(result, 'agent')).toBe('changed'); // its environment file, for the agent you run
+    expect(await value(c, 'SHOW wal_level')).toBe('logical');
+    expect(await value(c, `SELECT plugin FROM pg_replication_slots`)).toBe('wal2json');
+    expect(statSync(result.agent.envFile!).mode & 0o777).toBe(0o600);
+    expect(readFileSync(result.agent.envFile!, 'utf8')).toMatch(/^PGTIMEWARP_SOURCE_URL='postgresql:\/\/pgtimewarp_agent:[0-9a-f]+@/m);
+  });
+});

@@ -1,0 +1,209 @@
+// The installer's pure pieces, without a server: the judgement of the
+// prerequisites (what is wrong and its exact fix), the systemd unit and the
+// environment file (systemd is not running on the test machines, so the
+// unit is checked here, as text), the SCRAM verifiers the roles get, the
+// derived node id and the agent's URLs.
+
+import { createHash } from 'node:crypto';
+
+import pg from 'pg';
+import { describe, expect, it } from 'vitest';
+
+import { envFileText, systemdUnitText } from '../../installer/agent-service.js';
+import { deriveNodeId } from '../../installer/install.js';
+import { urlWithCredentials } from '../../installer/install-sql.js';
+import { findProblems, formatProblems, type BuildTools, type Choices, type SourceFacts, type StoreFacts } from '../../installer/prereq.js';
+import { passwordMatches, scramVerifier, storeGrants } from '../../installer/roles.js';
+
+const params = { host: '127.0.0.1', port: 5432, database: 'app', user: 'postgres', password: undefined };
+
+function source(over: Partial<SourceFacts> = {}): SourceFacts {
+  return {
+    params, currentUser: 'postgres', isSuperuser: true, serverVersionNum: 150020, major: 15,
+    systemIdentifier: '7300000000000000001', database: 'app', port: '5432', dataDirectory: '/var/lib/postgresql/15/main',
+    walLevel: 'logical', outputPluginLibraries: null, maxReplicationSlots: 10, usedReplicationSlots: 0,
+    maxWalSenders: 10, usedWalSenders: 0,
+    serverDirs: { bindir: '/usr/lib/postgresql/15/bin', sharedir: '/usr/share/postgresql/15', pkglibdir: '/usr/lib/postgresql/15/lib' },
+    postgresFdwAvailable: true, postgresFdwInstalled: false, slot: null, publicationExists: false, extension: null,
+    availableVersion: '0.1', configuredNodeId: null, local: { ok: true, reason: 'here' },
+    ...over,
+  };
+}
+
+function store(over: Partial<StoreFacts> = {}): StoreFacts {
+  return {
+    params: { ...params, database: 'pgtimewarp' }, unreachable: null, databaseExists: false, isSuperuser: true,
+    canCreateRole: true, canCreateDb: true, systemIdentifier: '7300000000000000001', port: '5432',
+    schemaExists: false, appliedMigrations: [], node: null, checkpointLsn: null,
+    ...over,
+  };
+}
+
+const tools: BuildTools = { pgConfig: '/usr/lib/postgresql/15/bin/pg_config', headers: true, make: true, compiler: true, wal2json: true, looked: [] };
+
+function choices(over: Partial<Choices> = {}): Choices {
+  return {
+    nodeId: 'n1', nodeGiven: false, slot: 'pgtimewarp', plugin: 'pgoutput', pluginGiven: false, agent: 'background',
+    systemdRunning: false, installDeps: false, restart: false, aptAvailable: true,
+    restartCommand: { command: ['pg_ctlcluster', '15', 'main', 'restart'], display: 'pg_ctlcluster 15 main restart' },
+    configConflict: null, installDirsUnwritable: null,
+    ...over,
+  };
+}
+
+describe('findProblems', () => {
+  it('finds nothing wrong with a ready server', () => {
+    expect(findProblems(source(), store(), tools, choices())).toEqual({ problems: [], settings: [], packages: [] });
+  });
+
+  it('wal_level = replica: the ALTER SYSTEM and the restart, or --restart', () => {
+    const j = findProblems(source({ walLevel: 'replica' }), store(), tools, choices());
+    expect(j.problems).toHaveLength(1);
+    expect(j.problems[0]!.what).toBe('wal_level is replica; logical decoding needs wal_level = logical');
+    expect(j.problems[0]!.fix).toBe(
+      'as a superuser on the source server: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL ' +
+        '(pg_ctlcluster 15 main restart); a reload is not enough. Or rerun with --restart to let the installer do it',
+    );
+    // with --restart it is a change the installer makes, not a problem
+    const restart = findProblems(source({ walLevel: 'replica' }), store(), tools, choices({ restart: true }));
+    expect(restart.problems).toEqual([]);
+    expect(restart.settings).toEqual([{ name: 'wal_level', value: 'logical', restart: true }]);
+    // ... unless it cannot restart this server
+    const cannot = findProblems(source({ walLevel: 'replica' }), store(), tools, choices({ restart: true, restartCommand: { command: null, display: 'not here' } }));
+    expect(cannot.problems.map((p) => p.what)).toEqual(['--restart: the installer cannot restart this server: not here']);
+  });
+
+  it('the plugin allow-list: added to, and a reload is enough when its context allows', () => {
+    const j = findProblems(source({ outputPluginLibraries: { value: ['pgoutput', 'test_decoding'], context: 'superuser' } }), store(), tools, choices({ plugin: 'wal2json' }));
+    expect(j.settings).toEqual([{ name: 'output_plugin_libraries', value: 'pgoutput, test_decoding, wal2json', restart: false }]);
+    expect(j.problems[0]!.fix).toContain("ALTER SYSTEM SET output_plugin_libraries = 'pgoutput, test_decoding, wal2json'; then SELECT pg_reload_conf();");
+    // a build without the setting (stock PostgreSQL) allows every plugin
+    expect(findProblems(source(), store(), tools, choices({ plugin: 'wal2json' })).problems).toEqual([]);
+  });
+
+  it('no free replication slot or WAL sender', () => {
+    const j = findProblems(source({ usedReplicationSlots: 10, usedWalSenders: 10 }), store(), tools, choices());
+    expect(j.settings.map((s) => `${s.name}=${s.value}`)).toEqual(['max_replication_slots=11', 'max_wal_senders=11']);
+    // our own slot, in use by our agent, needs neither
+    const ours = source({ usedReplicationSlots: 10, usedWalSenders: 10, slot: { database: 'app', plugin: 'pgoutput', active: true, activePid: 42 } });
+    expect(findProblems(ours, store(), tools, choices()).settings).toEqual([]);
+  });
+
+  it('missing build tools and wal2json: the apt packages, or --install-deps', () => {
+    const bare: BuildTools = { pgConfig: null, headers: false, make: false, compiler: true, wal2json: false, looked: ['/usr/bin/pg_config (PostgreSQL 16, sharedir /usr/share/postgresql/16)'] };
+    const j = findProblems(source(), store(), bare, choices({ plugin: 'wal2json' }));
+    expect(j.packages).toEqual(['postgresql-server-dev-15', 'make', 'postgresql-15-wal2json']);
+    expect(j.problems.map((p) => p.fix)).toEqual([
+      'apt-get install postgresql-server-dev-15 (or rerun with --install-deps)',
+      'apt-get install make (or rerun with --install-deps)',
+      'apt-get install postgresql-15-wal2json (or rerun with --install-deps), or use --plugin pgoutput',
+    ]);
+    expect(j.problems[0]!.what).toContain('looked at: /usr/bin/pg_config (PostgreSQL 16');
+    expect(findProblems(source(), store(), bare, choices({ plugin: 'wal2json', installDeps: true })).problems).toEqual([]);
+    expect(findProblems(source(), store(), bare, choices({ installDeps: true, aptAvailable: false })).problems[0]!.what)
+      .toMatch(/^--install-deps installs with apt-get, which this machine does not have/);
+  });
+
+  it('privileges and locality', () => {
+    const notSuper = findProblems(source({ isSuperuser: false, serverDirs: null, dataDirectory: null }), store(), null, choices());
+    expect(notSuper.problems.map((p) => p.what)).toEqual([
+      'role "postgres" is not a superuser on the source server; the pgtimewarp extension can only be created by one (its control file says superuser = true), and so can a REPLICATION role',
+    ]);
+    const remote = findProblems(source({ local: { ok: false, reason: 'its data directory /srv/pg does not exist on this machine' } }), store(), tools, choices());
+    expect(remote.problems[0]!.fix).toBe('run pgtimewarp install on the database server host itself');
+    const weakStore = findProblems(source(), store({ isSuperuser: false, canCreateRole: false, canCreateDb: false, params: { ...params, user: 'app', database: 'pgtimewarp' } }), tools, choices());
+    expect(weakStore.problems.map((p) => p.fix)).toEqual([
+      'create it first (CREATE DATABASE pgtimewarp), or connect to the store as a role with CREATEDB',
+      'ALTER ROLE app CREATEROLE, or connect to the store as a superuser',
+    ]);
+  });
+
+  it('the slot, the node and the history they guard', () => {
+    const otherDb = findProblems(source({ slot: { database: 'other', plugin: 'pgoutput', active: false, activePid: null } }), store(), tools, choices());
+    expect(otherDb.problems[0]!.fix).toBe('pass --slot <another name> for database "app"');
+    const otherPlugin = findProblems(source({ slot: { database: 'app', plugin: 'wal2json', active: false, activePid: null } }), store(), tools, choices());
+    expect(otherPlugin.problems[0]!.fix).toBe('pass --plugin wal2json, or "pgtimewarp uninstall" first to start over with pgoutput');
+    const gap = findProblems(source(), store({ checkpointLsn: '0/1234' }), tools, choices());
+    expect(gap.problems[0]!.what).toMatch(/slot "pgtimewarp" is gone, but the store has history of node "n1" up to 0\/1234/);
+    const renamed = findProblems(source({ configuredNodeId: 'old' }), store(), tools, choices({ nodeId: 'new', nodeGiven: true }));
+    expect(renamed.problems[0]!.fix).toBe('pass --node old (or leave --node out)');
+    const taken = findProblems(source(), store({ node: { databaseName: 'crm', systemIdentifier: '1' } }), tools, choices());
+    expect(taken.problems[0]!.fix).toBe('pass --node <an id of its own> for this source');
+  });
+
+  it('reports every problem at once', () => {
+    const j = findProblems(source({ walLevel: 'minimal', postgresFdwAvailable: false }), store({ unreachable: 'connection refused' }), tools, choices({ agent: 'systemd' }));
+    const message = formatProblems(j.problems);
+    expect(message).toMatch(/^cannot install: 4 problems to fix first \(nothing was changed\):\n/);
+    expect(message).toContain('postgres_fdw extension is not available');
+    expect(message).toContain('wal_level is minimal');
+    expect(message).toContain('cannot reach the store: connection refused');
+    expect(message).toContain('use --agent background');
+  });
+});
+
+describe('the agent service files', () => {
+  it('a systemd unit with the environment file, quoted arguments and no secret', () => {
+    const unit = systemdUnitText({
+      nodeId: 'n1',
+      command: ['/usr/bin/node', '/opt/pg time/warp 100%/cli.js', 'agent', '--node', 'n1'],
+      envFile: '/etc/pgtimewarp/agent-n1.env',
+      workingDirectory: '/opt/pg time',
+    });
+    expect(unit).toContain('\nEnvironmentFile=/etc/pgtimewarp/agent-n1.env\n');
+    expect(unit).toContain('\nExecStart=/usr/bin/node "/opt/pg time/warp 100%%/cli.js" agent --node n1\n');
+    expect(unit).toContain('\nWorkingDirectory="/opt/pg time"\n');
+    expect(unit).toContain('\nRestart=on-failure\n');
+    expect(unit).toContain('\nWantedBy=multi-user.target\n');
+    expect(unit).not.toMatch(/postgresql:\/\//);
+  });
+
+  it('an environment file both systemd and sh read literally', () => {
+    const text = envFileText({ PGTIMEWARP_SOURCE_URL: "postgresql://a:b$c@h/d?x=1&y='2'" });
+    expect(text.split('\n')[1]).toBe("PGTIMEWARP_SOURCE_URL='postgresql://a:b$c@h/d?x=1&y=%272%27'");
+    expect(() => envFileText({ X: 'a\nb' })).toThrow(/line break/);
+  });
+});
+
+describe('roles', () => {
+  it('SCRAM verifiers PostgreSQL accepts, and recognizing a stored password', () => {
+    const v = scramVerifier('s3cret');
+    expect(v).toMatch(/^SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}$/);
+    expect(passwordMatches(v, 'r', 's3cret')).toBe(true);
+    expect(passwordMatches(v, 'r', 'other')).toBe(false);
+    // one PostgreSQL 15 computed for 'x' (CREATE ROLE ... PASSWORD 'x')
+    const fromServer = 'SCRAM-SHA-256$4096:DpTnZUubRuXkSCPoTz+oXg==$QbF3Js+9uEQ7NlXM/K2+GtnFA2oxT2CLeoIXZfjAMSU=:w8Ifhm4QiKNEqOtfyKBYVhudW+sxPEOpvzS8dzrHUQ8=';
+    expect(passwordMatches(fromServer, 'a', 'x')).toBe(true);
+    expect(passwordMatches(`md5${createHash('md5').update('pwrole').digest('hex')}`, 'role', 'pw')).toBe(true);
+    expect(passwordMatches(null, 'role', 'pw')).toBe(false);
+  });
+
+  it('the FDW role writes only what track, untrack and forget write', () => {
+    const grants = storeGrants(['nodes', 'lsn_time_map'], { agent: 'a', fdw: 'f' });
+    expect(grants).toEqual([
+      { role: 'a', table: 'nodes', privileges: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] },
+      { role: 'f', table: 'nodes', privileges: ['SELECT', 'INSERT'] },
+      { role: 'a', table: 'lsn_time_map', privileges: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] },
+      { role: 'f', table: 'lsn_time_map', privileges: ['SELECT'] },
+    ]);
+  });
+});
+
+describe('names and URLs', () => {
+  it('a node id from the system identifier and the database, valid whatever the name', () => {
+    expect(deriveNodeId('7300000000000000001', 'app')).toBe('7300000000000000001-app');
+    expect(deriveNodeId('7300000000000000001', 'my db/ü')).toBe('7300000000000000001-my_db__');
+    expect(deriveNodeId('7300000000000000001', 'x'.repeat(80))).toHaveLength(63);
+  });
+
+  it("the agent's URL is the installer's with the agent's credentials", () => {
+    const parse = (url: string): { user?: string; password?: string; host: string; database?: string; port: number } => {
+      const c = new pg.Client({ connectionString: url });
+      return { user: c.user, password: c.password as string | undefined, host: c.host, database: c.database, port: c.port };
+    };
+    expect(parse(urlWithCredentials('postgresql://postgres:pw@db.internal:5433/app?sslmode=disable', 'pgtimewarp_agent', 'p@ss')))
+      .toEqual({ user: 'pgtimewarp_agent', password: 'p@ss', host: 'db.internal', database: 'app', port: 5433 });
+    expect(parse(urlWithCredentials('postgresql:///app?host=/var/run/postgresql&port=5432&user=postgres', 'pgtimewarp_agent', 'pw')))
+      .toEqual({ user: 'pgtimewarp_agent', password: 'pw', host: '/var/run/postgresql', database: 'app', port: 5432 });
+  });
+});

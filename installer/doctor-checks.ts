@@ -202,8 +202,12 @@ function startAgentFix(config: InstalledConfig | null, nodeId: string | null, sl
   if (config?.agent === 'background') {
     return `See why the agent stopped in ${config.logFile ?? 'its log file'}, then run "pgtimewarp install" again, which starts it.`;
   }
-  return `Start the agent: pgtimewarp agent --source <source url> --store <store url> --node ${nodeId ?? '<node id>'} ` +
-    `--slot ${slot} --plugin ${plugin} (or provision it as a service with "pgtimewarp install").`;
+  const args = `--node ${nodeId ?? '<node id>'} --slot ${slot} --plugin ${plugin}`;
+  // --agent none: install left the agent's URLs in an environment file (read without depending on the field's declaration)
+  const envFile = config !== null && 'envFile' in config && typeof config.envFile === 'string' ? config.envFile : null;
+  if (envFile !== null) return `Start the agent: set -a; . ${envFile}; set +a; pgtimewarp agent ${args}`;
+  return `Start the agent: pgtimewarp agent --source <source url> --store <store url> ${args} ` +
+    `(or provision it as a service with "pgtimewarp install").`;
 }
 
 /**

@@ -255,6 +255,72 @@ describe('pgtimewarp doctor', () => {
   });
 });
 
+describe('pgtimewarp doctor after the slot is lost', () => {
+  it('says history has a gap, and its fix, followed step by step, records history again', async () => {
+    const c = cluster();
+    const gap = await setupTimewarp(c, { sourceDb: 'gap', storeDb: 'gap_store', nodeId: 'gap' });
+    const slot = 'gap_slot';
+    let stop = new AbortController();
+    const run = (): Promise<void> => runAgent({
+      sourceUrl: gap.sourceUrl, storeUrl: gap.storeUrl, nodeId: gap.nodeId, slot, plugin: 'pgoutput',
+      signal: stop.signal, backoff: { initialMs: 100, maxMs: 1000 },
+    });
+    let running = run();
+    const store = await c.connect('gap_store');
+    try {
+      const { source } = gap;
+      const active = async (): Promise<boolean> =>
+        (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active`, [slot])).rowCount === 1;
+      await waitFor('the agent\'s slot', active, 30_000);
+      await source.query(`CREATE TABLE ledger (id int PRIMARY KEY, amount int)`);
+      await source.query(`SELECT pgtimewarp_track('ledger')`);
+      await source.query(`INSERT INTO ledger VALUES (1, 10)`);
+      await caughtUp(source);
+      stop.abort();
+      await running;
+      await waitFor('the slot to be released', async () => !(await active()), 30_000);
+      await source.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
+
+      const report = await doctor({ source: gap.sourceUrl, store: gap.storeUrl, slot, env: noConfig });
+      const lost = one(report, 'slot');
+      expect(lost.status).toBe('error');
+      expect(lost.message).toMatch(/^replication slot "gap_slot" does not exist, but the store has history up to [0-9A-F]+\/[0-9A-F]+$/);
+      expect(lost.meaning).toMatch(/history has a gap/);
+      const steps = [
+        `SELECT pgtimewarp_untrack('public.ledger');`,
+        `SELECT pgtimewarp_forget('public.ledger');`,
+        `DELETE FROM pgtimewarp_store.wal_checkpoints WHERE node_id = 'gap';`,
+        `SELECT pgtimewarp_track('public.ledger')`,
+      ];
+      for (const step of steps) expect(lost.fix).toContain(step);
+      expect(lost.fix!.indexOf(steps[2]!)).toBeLessThan(lost.fix!.indexOf('start the agent'));
+      expect(lost.fix!.indexOf('start the agent')).toBeLessThan(lost.fix!.indexOf(steps[3]!));
+
+      // follow it: the agent (still stopped) would refuse to go on without it
+      await source.query(steps[0]!);
+      await source.query(steps[1]!);
+      await store.query(steps[2]!);
+      stop = new AbortController();
+      running = run();
+      await waitFor('the new slot', active, 30_000);
+      await source.query(steps[3]!);
+      await source.query(`UPDATE ledger SET amount = 20 WHERE id = 1`);
+      await caughtUp(source);
+      const after = await doctor({ source: gap.sourceUrl, store: gap.storeUrl, slot, env: noConfig });
+      expect(notOk(after)).toEqual([]);
+      const versions = await source.query<{ op: string }>(
+        `SELECT op FROM pgtimewarp_diff_pk('ledger', '{"id": 1}', (SELECT tracked_from_ts FROM pgtimewarp_status()), now())`,
+      );
+      expect(versions.rows.map((r) => r.op)).toEqual(['baseline', 'update']);
+    } finally {
+      stop.abort();
+      await running.catch(() => undefined);
+      await store.end();
+      await gap.source.end();
+    }
+  });
+});
+
 describe('pgtimewarp doctor on a half-installed system', () => {
   it('wal_level=replica and no extension: errors with their fixes; the rest reported as not checked', async () => {
     const bare = await startCluster({ settings: { wal_level: 'replica' } });

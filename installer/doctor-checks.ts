@@ -235,7 +235,7 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
       add({
         check, status: 'error', message: `the check failed: ${message(err)}`,
         meaning: 'This check could not run, so its part of the system is not known to be healthy.',
-        fix: 'Fix the error above (often: run doctor as a superuser or the extension\'s owner), then run doctor again.',
+        fix: 'Fix what the message names (often: run doctor as a superuser or the extension\'s owner), then run doctor again.',
       });
     }
   };

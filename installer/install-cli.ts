@@ -90,7 +90,7 @@ export function registerInstallCommands(program: Command): void {
   program
     .command('install')
     .description('install pgtimewarp for one source database, on the machine its PostgreSQL server runs on')
-    .option('--source <url>', 'source database (the one whose tables are tracked), as a superuser: postgresql://postgres@/app?host=/var/run/postgresql')
+    .option('--source <url>', 'source database (the one whose tables are tracked), connecting as a superuser')
     .option('--store <url>', 'store database that keeps the history; created when missing, its server may be another')
     .option('--node <id>', "this source's node id in the store (default: the one it already has, else <system identifier>-<database>)")
     .option('--slot <name>', 'logical replication slot (default: pgtimewarp)')
@@ -112,6 +112,10 @@ Idempotent: every step first looks, and changes only what is not yet right; a
 second run changes nothing and says so, and a run that failed part-way is
 completed by the next one.  Passwords of the roles it creates are kept in the
 config file (mode 0600) and reused.
+
+A background agent's pid and log files go to $PGTIMEWARP_STATE_DIR, else next
+to $PGTIMEWARP_CONFIG when that is set, else /var/lib/pgtimewarp (root) or
+~/.local/state/pgtimewarp.
 ${CONNECTIONS_HELP}
 
 Example:

@@ -35,9 +35,12 @@ export interface StepResult {
 
 export type Renderer = 'default' | 'simple' | 'silent';
 
-/** Run the steps in order; the first error stops the run and is thrown. */
-export async function runSteps(steps: Step[], mode: 'plan' | 'apply', renderer: Renderer): Promise<StepResult[]> {
-  const results: StepResult[] = [];
+/**
+ * Run the steps in order; the first error stops the run and is thrown.
+ * `results` receives each step's outcome as it finishes, so a caller sees
+ * what was done before a failure too.
+ */
+export async function runSteps(steps: Step[], mode: 'plan' | 'apply', renderer: Renderer, results: StepResult[] = []): Promise<StepResult[]> {
   let failure: unknown;
   const tasks = new Listr(
     steps.map((step) => ({

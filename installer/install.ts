@@ -130,7 +130,13 @@ class InstallRun {
 
   constructor(readonly opts: InstallOptions) {
     this.env = opts.env ?? process.env;
-    const conns = resolveConnections({ source: opts.source, store: opts.store, node: opts.node }, { source: true, store: true }, this.env);
+    const conns = resolveConnections({ source: opts.source, store: opts.store, node: opts.node }, {}, this.env);
+    const hasPgEnv = Boolean(this.env['PGHOST'] || this.env['PGDATABASE'] || this.env['PGPORT'] || this.env['PGUSER']);
+    const missing = [
+      conns.sourceUrl === undefined && !hasPgEnv ? 'no source database: pass --source <url> (or set PGTIMEWARP_SOURCE_URL, or PGHOST/PGDATABASE)' : null,
+      conns.storeUrl === undefined ? 'no store database: pass --store <url>, created when missing (or set PGTIMEWARP_STORE_URL)' : null,
+    ].filter((m): m is string => m !== null);
+    if (missing.length > 0) throw new Error(missing.join('; '));
     this.configFile = configPath(this.env);
     this.sourceUrl = conns.sourceUrl;
     this.storeUrl = conns.storeUrl!;
@@ -754,7 +760,17 @@ export async function runInstall(opts: InstallOptions = {}): Promise<InstallResu
         throw new Error('not confirmed: nothing was changed');
       }
     }
-    results = await runSteps(steps(run), 'apply', renderer);
+    results = [];
+    try {
+      await runSteps(steps(run), 'apply', renderer, results);
+    } catch (err) {
+      if (err instanceof Error && results.some((r) => r.status === 'changed')) {
+        const done = results.filter((r) => r.status === 'changed').map((r) => r.id).join(', ');
+        err.message += `\n(what was done before this stays: ${done}. Run install again once this is fixed: it goes on from here. ` +
+          'Or run "pgtimewarp uninstall" to remove it: a replication slot left unread keeps WAL forever.)';
+      }
+      throw err;
+    }
   }
   return summarize(run, results, opts.dryRun ?? false);
 }

@@ -1,6 +1,6 @@
 // `pgtimewarp install` and `pgtimewarp uninstall`, run as the real CLI (from
-// source, through tsx) against throwaway clusters, the source database and
-// the store on the same cluster:
+// source, through tsx) against throwaway clusters (the source database and
+// the store on one server, then on two):
 //   - --dry-run on a fresh cluster prints the plan and touches nothing;
 //   - install sets everything up, with least-privilege roles and a background
 //     agent, and time travel then works end to end;
@@ -9,7 +9,9 @@
 //     role or config file, and keeps the history; a second uninstall is a no-op;
 //   - against wal_level=replica, install fails with the fix (ALTER SYSTEM and
 //     a restart) and changes nothing; with --restart it makes the change and
-//     restarts the server itself (here with wal2json and no agent).
+//     restarts the server itself (here with wal2json, no agent, and the store
+//     on another server, so each server gets only the roles it needs);
+//     uninstall --drop-store then clears both servers.
 //
 // Each install writes its config (and the agent's pid and log files) into a
 // temp dir through PGTIMEWARP_CONFIG, never /etc.
@@ -276,7 +278,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
   });
 });
 
-describe('pgtimewarp install against wal_level = replica', () => {
+describe('pgtimewarp install against wal_level = replica, with the store on another server', () => {
   let replica: Cluster | undefined;
   afterAll(async () => {
     await replica?.stop();
@@ -285,9 +287,10 @@ describe('pgtimewarp install against wal_level = replica', () => {
   it('fails with the fix and changes nothing; --restart makes the change itself', async () => {
     replica = await startCluster({ settings: { wal_level: 'replica' } });
     const c = replica;
+    const storeServer = cluster(); // its pgtimewarp roles are gone: the first describe uninstalled
     const configDir = tempDir();
     await c.psql('CREATE DATABASE app');
-    const args = ['install', '--source', c.url('app'), '--store', c.url('history'), '--yes'];
+    const args = ['install', '--source', c.url('app'), '--store', storeServer.url('elsewhere'), '--yes'];
 
     const refused = await cli(args, configDir);
     expect(refused.code).toBe(1);
@@ -295,10 +298,10 @@ describe('pgtimewarp install against wal_level = replica', () => {
     expect(refused.stderr).toContain('ALTER SYSTEM SET wal_level = logical');
     expect(refused.stderr).toMatch(/restart PostgreSQL \(.*pg_ctl restart -D .*\); a reload is not enough/);
     expect(refused.stderr).toContain('--restart');
-    expect(refused.stderr).toContain('nothing was changed');
     // one clean error from the command (the task list above it shows only its first line)
     expect(refused.stderr.match(/^pgtimewarp: .*/gm)).toEqual(['pgtimewarp: cannot install: 1 problem to fix first (nothing was changed):']);
-    expect(await footprint(c, 'app', 'history')).toEqual(NOTHING);
+    expect(await footprint(c, 'app', 'elsewhere')).toEqual(NOTHING);
+    expect(await footprint(storeServer, 'postgres', 'elsewhere')).toEqual({ ...NOTHING, storeDatabase: '0' });
     expect(await value(c, 'SHOW wal_level')).toBe('replica');
     expect(existsSync(join(configDir, 'config.json'))).toBe(false);
 
@@ -307,10 +310,23 @@ describe('pgtimewarp install against wal_level = replica', () => {
     const result = parsed<InstallJson>(run);
     expect(statusOf(result, 'settings')).toBe('changed');
     expect(statusOf(result, 'publication')).toBe('skipped'); // wal2json needs none
+    expect(statusOf(result, 'verify')).toBe('unchanged'); // postgres_fdw and the agent's role reach the other server
     expect(statusOf(result, 'agent')).toBe('changed'); // its environment file, for the agent you run
     expect(await value(c, 'SHOW wal_level')).toBe('logical');
     expect(await value(c, `SELECT plugin FROM pg_replication_slots`)).toBe('wal2json');
     expect(statSync(result.agent.envFile!).mode & 0o777).toBe(0o600);
     expect(readFileSync(result.agent.envFile!, 'utf8')).toMatch(/^PGTIMEWARP_SOURCE_URL='postgresql:\/\/pgtimewarp_agent:[0-9a-f]+@/m);
+    // each server has the roles it needs: the agent may replicate only from the source
+    const roles = `SELECT string_agg(rolname || ':' || rolreplication, ' ' ORDER BY rolname) FROM pg_roles WHERE rolname LIKE 'pgtimewarp%'`;
+    expect(await value(c, roles)).toBe('pgtimewarp_agent:true');
+    expect(await value(storeServer, roles)).toBe('pgtimewarp_agent:false pgtimewarp_fdw:false');
+
+    // and uninstall --drop-store clears both servers
+    const gone = await cli(['uninstall', '--drop-store', '--yes', '--json'], configDir);
+    expect(gone.code, `${gone.stdout}\n${gone.stderr}`).toBe(0);
+    expect(statusOf(parsed<{ steps: JsonStep[] }>(gone), 'store')).toBe('changed');
+    expect(await footprint(c, 'app', 'elsewhere')).toEqual(NOTHING);
+    expect(await footprint(storeServer, 'postgres', 'elsewhere')).toEqual({ ...NOTHING, storeDatabase: '0' });
+    expect(existsSync(result.agent.envFile!)).toBe(false);
   });
 });

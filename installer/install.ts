@@ -30,7 +30,7 @@ import {
 } from './prereq.js';
 import {
   AGENT_ROLE, FDW_ROLE, applyGrants, ensureRole, generatePassword, missingGrants, roleChanges, storeGrants, storeTables,
-  type RoleSpec,
+  type Grant, type RoleSpec,
 } from './roles.js';
 import { migrateStore } from './store.js';
 
@@ -462,11 +462,15 @@ function steps(run: InstallRun): Step[] {
       if (!(await run.storeSchemaExists())) return { change: true, detail: `grant ${AGENT_ROLE} and ${FDW_ROLE} their privileges on the store tables` };
       const missing = await run.store$(async (c) => missingGrants(c, storeGrants(await storeTables(c), { agent: AGENT_ROLE, fdw: FDW_ROLE })));
       if (missing.usage.length === 0 && missing.grants.length === 0) return { change: false, detail: 'all granted' };
-      return { change: true, detail: `grant ${missing.grants.map((g) => `${g.privileges.join('/')} on ${g.table} to ${g.role}`).join(', ') || `USAGE on the store schema to ${missing.usage.join(', ')}`}` };
+      return { change: true, detail: `grant ${describeGrants(missing)}` };
     },
     async apply() {
-      await run.store$(async (c) => applyGrants(c, await missingGrants(c, storeGrants(await storeTables(c), { agent: AGENT_ROLE, fdw: FDW_ROLE }))));
-      return `granted ${AGENT_ROLE} (read and write) and ${FDW_ROLE} (read, and what track/untrack/forget write)`;
+      const granted = await run.store$(async (c) => {
+        const missing = await missingGrants(c, storeGrants(await storeTables(c), { agent: AGENT_ROLE, fdw: FDW_ROLE }));
+        await applyGrants(c, missing);
+        return missing;
+      });
+      return `granted ${describeGrants(granted)}`;
     },
   });
 
@@ -628,6 +632,16 @@ function steps(run: InstallRun): Step[] {
     },
   });
   return list;
+}
+
+/** "SELECT/INSERT on nodes to r, ..." — in full when a few are missing, by role when many (a fresh store). */
+function describeGrants(missing: { usage: string[]; grants: Grant[] }): string {
+  if (missing.grants.length > 4) {
+    return `${AGENT_ROLE} read and write on the store tables, ${FDW_ROLE} read and what track/untrack/forget write`;
+  }
+  const parts = missing.grants.map((g) => `${g.privileges.join('/')} on ${g.table} to ${g.role}`);
+  if (missing.usage.length > 0) parts.push(`USAGE on schema pgtimewarp_store to ${missing.usage.join(', ')}`);
+  return parts.join(', ');
 }
 
 async function serverOptions(run: InstallRun): Promise<Record<string, string>> {

@@ -4,7 +4,8 @@
 //   - --dry-run on a fresh cluster prints the plan and touches nothing;
 //   - install sets everything up, with least-privilege roles and a background
 //     agent, and time travel then works end to end;
-//   - a second install changes nothing and says so;
+//   - a second install changes nothing and says so, and one after an agent
+//     crash and lost privileges puts back just those (history goes on);
 //   - uninstall leaves no agent, slot, publication, foreign server, extension,
 //     role or config file, and keeps the history; a second uninstall is a no-op;
 //   - against wal_level=replica, install fails with the fix (ALTER SYSTEM and
@@ -253,6 +254,31 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
     expect(await value(c, `SELECT extversion FROM pg_extension WHERE extname = 'pgtimewarp'`, sourceDb)).toBe('0.1');
   });
 
+  it('a rerun puts back exactly what went missing', async () => {
+    const c = cluster();
+    // the agent dies, the user mapping and one of the FDW role's privileges are lost
+    process.kill(installed.agent.pid!, 'SIGKILL');
+    await waitFor('the agent to die', () => !alive(installed.agent.pid!), 5_000);
+    await c.psql('DROP USER MAPPING FOR postgres SERVER pgtimewarp_store', sourceDb);
+    await c.psql('REVOKE INSERT ON pgtimewarp_store.nodes FROM pgtimewarp_fdw', storeDb);
+
+    const run = await cli(['install', '--json'], configDir);
+    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
+    const repaired = parsed<InstallJson>(run);
+    expect(repaired.steps.filter((s) => s.status === 'changed').map((s) => s.id)).toEqual(['grants', 'user-mapping', 'agent']);
+    expect(repaired.steps.find((s) => s.id === 'grants')!.detail).toContain('INSERT on nodes to pgtimewarp_fdw');
+    expect(repaired.agent.pid).not.toBe(installed.agent.pid);
+    agentPids.add(repaired.agent.pid!);
+    installed = repaired;
+
+    // and history goes on from the checkpoint: a change made while nothing ran is recorded
+    const app = await c.connect(sourceDb);
+    await app.query(`UPDATE accounts SET owner = 'alice b.' WHERE id = 1`);
+    await waitFor('the agent to record the change', async () =>
+      ((await app.query<{ row: { owner: string } | null }>(`SELECT pgtimewarp_asof_pk('accounts', '{"id": 1}', clock_timestamp()) AS row`)).rows[0]!.row?.owner) === 'alice b.', 20_000);
+    await app.end();
+  });
+
   it('uninstall removes the agent, slot, publication, foreign server, extension, roles and config; the history stays', async () => {
     const c = cluster();
     const run = await cli(['uninstall', '--yes', '--json'], configDir);
@@ -267,7 +293,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
     expect(existsSync(join(configDir, 'config.json'))).toBe(false);
     // only the store database is left, with the history in it
     expect(await footprint(c, sourceDb, storeDb)).toEqual({ ...NOTHING, storeDatabase: '1' });
-    expect(await value(c, `SELECT count(*) FROM pgtimewarp_store.row_versions WHERE table_name = 'accounts'`, storeDb)).toBe('4');
+    expect(await value(c, `SELECT count(*) FROM pgtimewarp_store.row_versions WHERE table_name = 'accounts'`, storeDb)).toBe('5');
 
     // nothing left to do, however often it runs (the config file is gone: flags now)
     const again = await cli(['uninstall', '--source', sourceUrl, '--store', storeUrl, '--json'], configDir);

@@ -25,7 +25,7 @@ import { buildUrl, connParams, errorMessage, quoteIdent, quoteLiteral, redactUrl
 import { runSteps, type Renderer, type Step, type StepResult } from './install-steps.js';
 import { packageRoot, migrationsDir } from './paths.js';
 import {
-  appliedMigrations, findBuildTools, findProblems, formatProblems, inspectSource, inspectStore,
+  appliedMigrations, findBuildTools, findProblems, isMissingDatabase, formatProblems, inspectSource, inspectStore,
   type BuildTools, type Judgement, type SourceFacts, type StoreFacts,
 } from './prereq.js';
 import {
@@ -218,8 +218,7 @@ class InstallRun {
       aptAvailable = false;
     }
     this.judgement = findProblems(s, this.store, this.tools, {
-      nodeId: this.nodeId, nodeGiven: this.opts.node !== undefined, slot: this.slot, plugin: this.plugin,
-      pluginGiven: this.opts.plugin !== undefined, agent: this.agentMode, systemdRunning: systemd,
+      nodeId: this.nodeId, slot: this.slot, plugin: this.plugin, agent: this.agentMode, systemdRunning: systemd,
       installDeps: this.opts.installDeps ?? false, restart: this.opts.restart ?? false, aptAvailable,
       restartCommand: this.restart, configConflict: this.configConflict,
       installDirsUnwritable: s.serverDirs !== null && s.local.ok ? installDirsUnwritable(s.serverDirs) : null,
@@ -237,9 +236,15 @@ class InstallRun {
     return withClient(this.storeUrl, work, { what: 'the store database' });
   }
 
+  /** Whether the store database exists: it does when it lets us in (the maintenance databases may not). */
   async storeDatabaseExists(): Promise<boolean> {
-    const name = this.storeParams.database;
-    return this.maintenance$(async (c) => ((await c.query(`SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1`, [name])).rowCount ?? 0) > 0);
+    try {
+      await this.store$(async () => undefined);
+      return true;
+    } catch (err) {
+      if (isMissingDatabase(err)) return false;
+      throw err;
+    }
   }
 
   /** A client on the store server's maintenance database (to create the store database). */

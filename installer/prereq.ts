@@ -215,7 +215,8 @@ export async function inspectStore(url: string, nodeId: string): Promise<StoreFa
   return facts;
 }
 
-function isMissingDatabase(err: unknown): boolean {
+/** The error of connecting to a database that does not exist. */
+export function isMissingDatabase(err: unknown): boolean {
   if (sqlState(err) === '3D000') return true;
   // withClient wraps connection errors; the server's message survives
   return /database ".*" does not exist/.test(errorMessage(err));
@@ -336,12 +337,8 @@ export interface SettingFix {
 
 export interface Choices {
   nodeId: string;
-  /** --node was given (not derived or remembered). */
-  nodeGiven: boolean;
   slot: string;
   plugin: Plugin;
-  /** --plugin was given. */
-  pluginGiven: boolean;
   agent: AgentMode;
   systemdRunning: boolean;
   installDeps: boolean;

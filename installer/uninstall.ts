@@ -15,6 +15,7 @@ import { DEFAULT_SLOT, PUBLICATION, deriveNodeId, sameDatabase } from './install
 import { connParams, errorMessage, quoteIdent, redactUrl, sqlState, withClient } from './install-sql.js';
 import { runSteps, type Renderer, type Step, type StepResult } from './install-steps.js';
 import { migrationsDir } from './paths.js';
+import { isMissingDatabase } from './prereq.js';
 import { AGENT_ROLE, FDW_ROLE, STORE_SCHEMA, isOurRole, revokeStoreGrants } from './roles.js';
 
 export interface UninstallOptions {
@@ -86,8 +87,13 @@ class UninstallRun {
 
   async storeDatabaseExists(): Promise<boolean> {
     if (this.storeUrl === undefined) return false;
-    const name = connParams(this.storeUrl).database;
-    return this.maintenance$(async (c) => ((await c.query(`SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1`, [name])).rowCount ?? 0) > 0);
+    try {
+      await withClient(this.storeUrl, async () => undefined, { what: 'the store database' });
+      return true;
+    } catch (err) {
+      if (isMissingDatabase(err)) return false;
+      throw err;
+    }
   }
 
   /** The store lives in the source database itself (only its schema may go). */

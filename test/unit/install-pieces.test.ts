@@ -43,7 +43,7 @@ const tools: BuildTools = { pgConfig: '/usr/lib/postgresql/15/bin/pg_config', he
 
 function choices(over: Partial<Choices> = {}): Choices {
   return {
-    nodeId: 'n1', nodeGiven: false, slot: 'pgtimewarp', plugin: 'pgoutput', pluginGiven: false, agent: 'background',
+    nodeId: 'n1', slot: 'pgtimewarp', plugin: 'pgoutput', agent: 'background',
     systemdRunning: false, installDeps: false, restart: false, aptAvailable: true,
     restartCommand: { command: ['pg_ctlcluster', '15', 'main', 'restart'], display: 'pg_ctlcluster 15 main restart' },
     configConflict: null, installDirsUnwritable: null,
@@ -125,7 +125,7 @@ describe('findProblems', () => {
     expect(otherPlugin.problems[0]!.fix).toBe('pass --plugin wal2json, or "pgtimewarp uninstall" first to start over with pgoutput');
     const gap = findProblems(source(), store({ checkpointLsn: '0/1234' }), tools, choices());
     expect(gap.problems[0]!.what).toMatch(/slot "pgtimewarp" is gone, but the store has history of node "n1" up to 0\/1234/);
-    const renamed = findProblems(source({ configuredNodeId: 'old' }), store(), tools, choices({ nodeId: 'new', nodeGiven: true }));
+    const renamed = findProblems(source({ configuredNodeId: 'old' }), store(), tools, choices({ nodeId: 'new' }));
     expect(renamed.problems[0]!.fix).toBe('pass --node old (or leave --node out)');
     const taken = findProblems(source(), store({ node: { databaseName: 'crm', systemIdentifier: '1' } }), tools, choices());
     expect(taken.problems[0]!.fix).toBe('pass --node <an id of its own> for this source');

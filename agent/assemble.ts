@@ -131,9 +131,9 @@ export type SpillOp =
   | { kind: 'truncate'; schema: string; table: string };
 
 export interface AssemblerOptions {
-  /** Spill once the open transaction holds this many key states.  Default 20000. */
+  /** Spill once the open transaction holds this many key states.  Default 5000. */
   spillKeys?: number;
-  /** ... or roughly this many bytes of values.  Default 16 MiB. */
+  /** ... or roughly this many bytes of values.  Default 4 MiB. */
   spillBytes?: number;
 }
 
@@ -198,8 +198,8 @@ export class TransactionAssembler {
   private readonly spillBytes: number;
 
   constructor(private readonly catalog: Catalog, options: AssemblerOptions = {}) {
-    this.spillKeys = Math.max(1, options.spillKeys ?? 20_000);
-    this.spillBytes = Math.max(1, options.spillBytes ?? 16 << 20);
+    this.spillKeys = Math.max(1, options.spillKeys ?? 5_000);
+    this.spillBytes = Math.max(1, options.spillBytes ?? 4 << 20);
   }
 
   /**

@@ -8,6 +8,7 @@ import pg from 'pg';
 
 import { runAgent, type AgentEvent } from '../agent/run.js';
 import { registerQueryCommands } from './commands.js';
+import { registerDemoCommand } from './demo.js';
 import { registerDoctorCommand } from './doctor.js';
 import { registerInstallCommands } from './install-cli.js';
 import { migrateStore } from './store.js';
@@ -89,6 +90,7 @@ program
 registerInstallCommands(program); // install, uninstall
 registerQueryCommands(program); // track, untrack, status, asof, diff
 registerDoctorCommand(program); // doctor
+registerDemoCommand(program); // demo
 
 /** The node id the source database was configured with (pgtimewarp.config). */
 async function configuredNodeId(sourceUrl: string): Promise<string> {

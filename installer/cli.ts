@@ -8,6 +8,7 @@ import pg from 'pg';
 
 import { runAgent, type AgentEvent } from '../agent/run.js';
 import { registerQueryCommands } from './commands.js';
+import { configPath, readConfig, type Plugin } from './config.js';
 import { registerDemoCommand } from './demo.js';
 import { registerDoctorCommand } from './doctor.js';
 import { registerInstallCommands } from './install-cli.js';
@@ -54,22 +55,32 @@ program
 program
   .command('agent')
   .description('run the agent: stream the source WAL into the store until stopped (SIGTERM/SIGINT stop it cleanly)')
-  .option('--source <url>', 'source database URL (default: $PGTIMEWARP_SOURCE_URL)')
-  .option('--store <url>', 'store database URL (default: $PGTIMEWARP_STORE_URL)')
-  .option('--node <id>', "this source's node id in the store (default: $PGTIMEWARP_NODE_ID, else the source's pgtimewarp_configure() setting)")
-  .option('--slot <name>', 'logical replication slot (created on first start)', 'pgtimewarp')
-  .option('--plugin <name>', 'output plugin: pgoutput or wal2json', 'pgoutput')
+  .option('--source <url>', 'source database URL (default: $PGTIMEWARP_SOURCE_URL, else the agent URL of the config file install wrote)')
+  .option('--store <url>', 'store database URL (default: $PGTIMEWARP_STORE_URL, else the config file)')
+  .option('--node <id>', "this source's node id in the store (default: $PGTIMEWARP_NODE_ID, the config file, else the source's pgtimewarp_configure() setting)")
+  .option('--slot <name>', 'logical replication slot, created on first start (default: the config file, else pgtimewarp)')
+  .option('--plugin <name>', 'output plugin: pgoutput or wal2json (default: the config file, else pgoutput)')
   .option('--log-format <format>', 'text or json (one object per line)', 'text')
-  .action(async (opts: { source?: string; store?: string; node?: string; slot: string; plugin: string; logFormat: string }) => {
+  .addHelpText('after', `
+The agent keeps no state of its own: where it left off is in the store, so
+it can be stopped, killed or moved at any time and resumes exactly there.
+
+Example:
+  pgtimewarp agent --source postgres://pgtimewarp_agent@db/app --store postgres://pgtimewarp_agent@store/pgtimewarp`)
+  .action(async (opts: { source?: string; store?: string; node?: string; slot?: string; plugin?: string; logFormat: string }) => {
+    // the config file's agent URLs are the least-privileged ones install made
+    const config = readConfig(configPath());
+    const sourceUrl = opts.source ?? process.env['PGTIMEWARP_SOURCE_URL'] ?? config?.agentSourceUrl ?? config?.sourceUrl;
+    const storeUrl = opts.store ?? process.env['PGTIMEWARP_STORE_URL'] ?? config?.agentStoreUrl ?? config?.storeUrl;
+    const slot = opts.slot ?? config?.slot ?? 'pgtimewarp';
+    const plugin: string = opts.plugin ?? config?.plugin ?? 'pgoutput';
     const problems: string[] = [];
-    const sourceUrl = opts.source ?? process.env['PGTIMEWARP_SOURCE_URL'];
-    const storeUrl = opts.store ?? process.env['PGTIMEWARP_STORE_URL'];
-    if (!sourceUrl) problems.push('no source database: pass --source <url> or set PGTIMEWARP_SOURCE_URL');
-    if (!storeUrl) problems.push('no store database: pass --store <url> or set PGTIMEWARP_STORE_URL');
-    if (opts.plugin !== 'pgoutput' && opts.plugin !== 'wal2json') problems.push(`--plugin must be pgoutput or wal2json, not ${opts.plugin}`);
+    if (!sourceUrl) problems.push('no source database: pass --source <url>, set PGTIMEWARP_SOURCE_URL, or run "pgtimewarp install"');
+    if (!storeUrl) problems.push('no store database: pass --store <url>, set PGTIMEWARP_STORE_URL, or run "pgtimewarp install"');
+    if (plugin !== 'pgoutput' && plugin !== 'wal2json') problems.push(`--plugin must be pgoutput or wal2json, not ${plugin}`);
     if (opts.logFormat !== 'text' && opts.logFormat !== 'json') problems.push(`--log-format must be text or json, not ${opts.logFormat}`);
     if (problems.length > 0 || !sourceUrl || !storeUrl) throw new Error(problems.join('; '));
-    const nodeId = opts.node ?? process.env['PGTIMEWARP_NODE_ID'] ?? (await configuredNodeId(sourceUrl));
+    const nodeId = opts.node ?? process.env['PGTIMEWARP_NODE_ID'] ?? config?.nodeId ?? (await configuredNodeId(sourceUrl));
 
     const stop = new AbortController();
     for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => stop.abort());
@@ -79,10 +90,7 @@ program
         : `${new Date().toISOString()} ${e.level.toUpperCase()} ${e.message}`;
       (e.level === 'info' ? console.log : console.error)(line);
     };
-    await runAgent({
-      sourceUrl, storeUrl, nodeId, slot: opts.slot, plugin: opts.plugin as 'pgoutput' | 'wal2json',
-      signal: stop.signal, log,
-    });
+    await runAgent({ sourceUrl, storeUrl, nodeId, slot, plugin: plugin as Plugin, signal: stop.signal, log });
     log({ level: 'info', event: 'stopped', message: 'agent stopped' });
   });
 

@@ -126,3 +126,34 @@ export function errorMessage(err: unknown): string {
 export function sqlState(err: unknown): string | undefined {
   return err instanceof pg.DatabaseError ? err.code : undefined;
 }
+
+/** Whether the database at `url` exists: it does when it lets us in (the maintenance databases may not). */
+export async function databaseExists(url: string, what: string): Promise<boolean> {
+  try {
+    await withClient(url, async () => undefined, { what });
+    return true;
+  } catch (err) {
+    if (isMissingDatabase(err)) return false;
+    throw err;
+  }
+}
+
+/**
+ * A client on the maintenance database of the server `url` points at (to
+ * create or drop a database there): postgres, else template1.
+ */
+export async function withMaintenanceClient<T>(url: string | undefined, work: (c: pg.Client) => Promise<T>): Promise<T> {
+  try {
+    return await withClient(url, work, { database: 'postgres', what: 'the store server' });
+  } catch (err) {
+    if (!/cannot connect/.test(errorMessage(err))) throw err;
+    return withClient(url, work, { database: 'template1', what: 'the store server' });
+  }
+}
+
+/** The error of connecting to a database that does not exist. */
+export function isMissingDatabase(err: unknown): boolean {
+  if (sqlState(err) === '3D000') return true;
+  // withClient wraps connection errors; the server's message survives
+  return /database ".*" does not exist/.test(errorMessage(err));
+}

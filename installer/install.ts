@@ -21,11 +21,11 @@ import {
 import { configPath, readConfig, resolveConnections, writeConfig, type AgentMode, type InstalledConfig, type Plugin } from './config.js';
 import { buildExtension, buildIsUpToDate, differingFiles, installDirsUnwritable, installExtensionFiles } from './install-extension.js';
 import { applySettings, restartCommand, type RestartCommand } from './install-server.js';
-import { buildUrl, connParams, errorMessage, quoteIdent, quoteLiteral, redactUrl, urlWithCredentials, withClient } from './install-sql.js';
+import { buildUrl, connParams, databaseExists, errorMessage, quoteIdent, quoteLiteral, redactUrl, urlWithCredentials, withClient, withMaintenanceClient } from './install-sql.js';
 import { runSteps, type Renderer, type Step, type StepResult } from './install-steps.js';
 import { packageRoot, migrationsDir } from './paths.js';
 import {
-  appliedMigrations, findBuildTools, findProblems, isMissingDatabase, formatProblems, inspectSource, inspectStore,
+  appliedMigrations, findBuildTools, findProblems, formatProblems, inspectSource, inspectStore,
   type BuildTools, type Judgement, type SourceFacts, type StoreFacts,
 } from './prereq.js';
 import {
@@ -236,25 +236,14 @@ class InstallRun {
     return withClient(this.storeUrl, work, { what: 'the store database' });
   }
 
-  /** Whether the store database exists: it does when it lets us in (the maintenance databases may not). */
-  async storeDatabaseExists(): Promise<boolean> {
-    try {
-      await this.store$(async () => undefined);
-      return true;
-    } catch (err) {
-      if (isMissingDatabase(err)) return false;
-      throw err;
-    }
+  /** Whether the store database exists. */
+  storeDatabaseExists(): Promise<boolean> {
+    return databaseExists(this.storeUrl, 'the store database');
   }
 
   /** A client on the store server's maintenance database (to create the store database). */
-  async maintenance$<T>(work: (c: pg.Client) => Promise<T>): Promise<T> {
-    try {
-      return await withClient(this.storeUrl, work, { database: 'postgres', what: 'the store server' });
-    } catch (err) {
-      if (!/cannot connect/.test(errorMessage(err))) throw err;
-      return withClient(this.storeUrl, work, { database: 'template1', what: 'the store server' });
-    }
+  maintenance$<T>(work: (c: pg.Client) => Promise<T>): Promise<T> {
+    return withMaintenanceClient(this.storeUrl, work);
   }
 
   async storeSchemaExists(): Promise<boolean> {

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import type { AgentMode, Plugin } from './config.js';
-import { connParams, errorMessage, sqlState, withClient, type ConnParams } from './install-sql.js';
+import { connParams, errorMessage, isMissingDatabase, withClient, type ConnParams } from './install-sql.js';
 
 /** The source server and database, as the installing role sees them. */
 export interface SourceFacts {
@@ -215,12 +215,6 @@ export async function inspectStore(url: string, nodeId: string): Promise<StoreFa
   return facts;
 }
 
-/** The error of connecting to a database that does not exist. */
-export function isMissingDatabase(err: unknown): boolean {
-  if (sqlState(err) === '3D000') return true;
-  // withClient wraps connection errors; the server's message survives
-  return /database ".*" does not exist/.test(errorMessage(err));
-}
 
 async function readStore(url: string, maintenanceDb: string | undefined, nodeId: string, facts: StoreFacts): Promise<void> {
   await withClient(url, async (c) => {

@@ -12,10 +12,9 @@ import type pg from 'pg';
 import { agentFiles, backgroundAgentState, removeSystemdAgent, stopBackgroundAgent, type AgentFiles } from './agent-service.js';
 import { configPath, resolveConnections, type InstalledConfig, type Plugin } from './config.js';
 import { DEFAULT_SLOT, PUBLICATION, deriveNodeId, sameDatabase } from './install.js';
-import { connParams, errorMessage, quoteIdent, redactUrl, sqlState, withClient } from './install-sql.js';
+import { connParams, databaseExists, errorMessage, quoteIdent, redactUrl, sqlState, withClient, withMaintenanceClient } from './install-sql.js';
 import { runSteps, type Renderer, type Step, type StepResult } from './install-steps.js';
 import { migrationsDir } from './paths.js';
-import { isMissingDatabase } from './prereq.js';
 import { AGENT_ROLE, FDW_ROLE, STORE_SCHEMA, isOurRole, revokeStoreGrants } from './roles.js';
 
 export interface UninstallOptions {
@@ -76,24 +75,12 @@ class UninstallRun {
     return withClient(this.storeUrl, work, { what: 'the store database' });
   }
 
-  async maintenance$<T>(work: (c: pg.Client) => Promise<T>): Promise<T> {
-    try {
-      return await withClient(this.storeUrl, work, { database: 'postgres', what: 'the store server' });
-    } catch (err) {
-      if (!/cannot connect/.test(errorMessage(err))) throw err;
-      return withClient(this.storeUrl, work, { database: 'template1', what: 'the store server' });
-    }
+  maintenance$<T>(work: (c: pg.Client) => Promise<T>): Promise<T> {
+    return withMaintenanceClient(this.storeUrl, work);
   }
 
   async storeDatabaseExists(): Promise<boolean> {
-    if (this.storeUrl === undefined) return false;
-    try {
-      await withClient(this.storeUrl, async () => undefined, { what: 'the store database' });
-      return true;
-    } catch (err) {
-      if (isMissingDatabase(err)) return false;
-      throw err;
-    }
+    return this.storeUrl !== undefined && databaseExists(this.storeUrl, 'the store database');
   }
 
   /** The store lives in the source database itself (only its schema may go). */

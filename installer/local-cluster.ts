@@ -17,7 +17,7 @@
 // this process exits or is killed by SIGINT, SIGTERM or SIGHUP: a throwaway
 // cluster must not outlive what made it.  keep() opts out.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { appendFileSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -159,15 +159,22 @@ export function shellWord(word: string): string {
   return /^[A-Za-z0-9_./:=@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
+// initdb and pg_ctl while they run: stopped along with the clusters when
+// the process ends, lest an initdb go on writing into a deleted temp dir
+// or a pg_ctl start bring up a server nobody will stop.
+const serverPrograms = new Set<ChildProcess>();
+
 function runServerProgram(program: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = serverEnv()): Promise<RunResult> {
   const [command, commandArgs] = serverCommand(program, args);
-  return runProgram(command, commandArgs, cwd, env);
+  return runProgram(command, commandArgs, cwd, env, serverPrograms);
 }
 
-/** Run a program to its end, collecting its output. */
-export function runProgram(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<RunResult> {
+/** Run a program to its end, collecting its output; while it runs, it is in `running`. */
+export function runProgram(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv, running?: Set<ChildProcess>): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    running?.add(child);
+    child.on('exit', () => running?.delete(child));
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
@@ -237,6 +244,8 @@ const cleanups: Array<() => void> = [];
 let exitHooksInstalled = false;
 
 function runCleanups(): void {
+  // runuser passes the SIGTERM on; initdb then removes what it made
+  for (const child of serverPrograms) child.kill('SIGTERM');
   while (cleanups.length > 0) {
     const cleanup = cleanups.pop()!;
     try {
@@ -288,7 +297,8 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
   const stopSync = (): void => {
     const [command, args] = serverCommand('pg_ctl', ['-D', dataDir, '-m', 'immediate', '-w', 'stop']);
     spawnSync(command, args, { cwd: dir, env: serverEnv(), stdio: 'ignore' });
-    rmSync(dir, { recursive: true, force: true });
+    // retried: an initdb stopped just now may still be removing its files
+    rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   };
   // from here on, an exit or signal cleans up whatever exists
   const forget = onExitCleanup(stopSync);

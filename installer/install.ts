@@ -310,9 +310,21 @@ function steps(run: InstallRun): Step[] {
     async apply() {
       const pkgs = run.judgement.packages;
       const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-      const r = await execa('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { env, reject: false, stdin: 'ignore', all: true });
+      const aptInstall = (): ReturnType<typeof execa> => execa('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { env, reject: false, stdin: 'ignore', all: true });
+      const tail = (out: unknown): string => String(out ?? '').trim().split('\n').slice(-10).join('\n');
+      let r = await aptInstall();
+      // A fresh machine (a container image, say) often has empty package lists: read them once, try again
+      let hint = '; run apt-get update first if the packages are unknown';
+      if (r.exitCode !== 0 && /Unable to locate package|has no installation candidate/.test(String(r.all ?? ''))) {
+        const update = await execa('apt-get', ['update'], { env, reject: false, stdin: 'ignore', all: true });
+        if (update.exitCode !== 0) {
+          throw new Error(`apt-get does not know ${pkgs.join(' ')}, and apt-get update failed (exit code ${update.exitCode}); check the machine's package sources and network:\n${tail(update.all)}`);
+        }
+        r = await aptInstall();
+        hint = ' even after apt-get update';
+      }
       if (r.exitCode !== 0) {
-        throw new Error(`apt-get install ${pkgs.join(' ')} failed (exit code ${r.exitCode}); run apt-get update first if the packages are unknown:\n${String(r.all ?? '').trim().split('\n').slice(-10).join('\n')}`);
+        throw new Error(`apt-get install ${pkgs.join(' ')} failed (exit code ${r.exitCode})${hint}:\n${tail(r.all)}`);
       }
       run.tools = await findBuildTools(run.source.major, run.source.serverDirs!);
       return `installed ${pkgs.join(', ')}`;

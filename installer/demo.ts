@@ -239,6 +239,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   let session: PsqlSession | undefined;
   let forgetAgent: (() => void) | undefined;
   let succeeded = false;
+  let installed: InstallResult | undefined;
   /** The commands that stop and remove what runs, for a person to run later. */
   const removalCommands = (): string[] => {
     const agent = files === undefined ? null : backgroundAgentState(files.pidFile, AGENT);
@@ -283,7 +284,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     } finally {
       await admin.end();
     }
-    const installed = await runInstall({
+    installed = await runInstall({
       source: c.url(SOURCE_DB), store: c.url(STORE_DB), node: NODE_ID, slot: SLOT, plugin: PLUGIN, agent: 'background',
       installDeps: opts.installDeps ?? false, renderer: 'silent', env,
     });
@@ -393,7 +394,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     if (err instanceof Error && cluster !== undefined) {
       err.message += keep
         ? `\n(--keep: what the demo made is left in ${cluster.dir}, its server log is ${cluster.logFile}; remove it with: ${removalCommands().join(' && ')})`
-        : `\n(the demo's cluster was stopped and ${cluster.dir} removed; run it with --keep to look at what was there)`;
+        : `\n(the demo's cluster was stopped and ${cluster.dir} removed${installed !== undefined ? '; run the demo with --keep to look at what was there' : ''})`;
     }
     throw err;
   } finally {
@@ -460,11 +461,19 @@ them); root or write access to the server's extension directories.
 From a fresh clone: npm run demo (npm ci and the build first, then this
 with --install-deps; add options after --, e.g. npm run demo -- --keep).`)
     .action(async (flags: { keep?: boolean; installDeps?: boolean; json?: boolean }) => {
-      const toStderr = (text: string): void => void process.stderr.write(text);
-      const result = await runDemo({
-        keep: flags.keep, installDeps: flags.installDeps,
-        ...(flags.json ? { narrate: () => undefined, progress: toStderr } : {}),
-      });
-      if (flags.json) console.log(formatJson(result));
+      if (!flags.json) {
+        await runDemo({ keep: flags.keep, installDeps: flags.installDeps });
+        return;
+      }
+      // stdout is the JSON, a failure's too; the one-line error goes to stderr as ever
+      try {
+        const result = await runDemo({
+          keep: flags.keep, installDeps: flags.installDeps, narrate: () => undefined, progress: (text) => void process.stderr.write(text),
+        });
+        console.log(formatJson(result));
+      } catch (err) {
+        console.log(stringifyJson({ command: 'demo', ok: false, error: err instanceof Error ? err.message : String(err) }));
+        throw err;
+      }
     });
 }

@@ -7,10 +7,11 @@
 //   - Ctrl-C part-way stops its agent and cluster and removes its temp dir;
 //   - --keep leaves both running, reachable at the URL it prints, and the
 //     commands it prints remove them;
+//   - --json prints one JSON document, values exactly as PostgreSQL printed them;
 //   - --help says what it does and what it leaves behind.
 //
 // The demo makes its own cluster; nothing here needs one.  Each run takes
-// some 15 s (the extension is already built by the time these run).
+// 10 to 20 s; the first builds the extension when nothing built it yet.
 
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -163,6 +164,26 @@ describe('pgtimewarp demo', () => {
     await waitFor('the agent to stop', () => !alive(agentPid), 20_000);
     expect(existsSync(dir)).toBe(false);
     expect(processesMentioning(join(dir, 'data'))).toEqual([]);
+  });
+
+  it('--json prints one JSON document with the rows as they were, exactly as PostgreSQL printed them', async () => {
+    const run = await runCli(['demo', '--json'], cleanEnv(), RUN_TIMEOUT_MS);
+    expect(run.code, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout) as {
+      ok: boolean; kept: boolean; dir: string; agent: { pid: number };
+      moments: Array<{ name: string; at: string }>; timeline: { versions: Array<{ op: string }> };
+    };
+    agents.add(result.agent.pid);
+    expect(result).toMatchObject({ ok: true, kept: false });
+    expect(result.moments.map((m) => m.name)).toEqual(['t0', 't1', 't2', 't3']);
+    // spliced in as PostgreSQL printed them: 100.00 keeps its scale
+    expect(run.stdout).toContain('"accountBefore":{"id": 1, "owner": "alice", "balance": 100.00,');
+    expect(run.stdout).toContain('"accountNow":{"id": 1, "owner": "alice", "balance": 190.00,');
+    expect(result.timeline.versions.map((v) => v.op)).toEqual(['baseline', 'update', 'update']);
+    // the walk-through is not on stdout, the progress is on stderr
+    expect(run.stdout).not.toContain('demo=#');
+    expect(run.stderr).toMatch(/\[7\/7\] Clean up/);
+    expect(existsSync(result.dir)).toBe(false);
   });
 
   it('--help says what it does and what it leaves behind', async () => {

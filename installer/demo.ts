@@ -433,7 +433,7 @@ export function registerDemoCommand(program: Command): void {
     .option('--install-deps', 'install missing build dependencies with apt-get (postgresql-server-dev-<major>, make, gcc), as install does')
     .option('--json', 'print only a JSON summary (the URLs, the remembered times, account 1 before and now, its timeline) on stdout; progress goes to stderr')
     .addHelpText('after', `
-What it does, in about half a minute (after the build):
+What it does, in some 15 seconds (after the build):
   1. initdb a throwaway cluster in a fresh temp dir (as the postgres OS user
      when run as root): wal_level=logical, 127.0.0.1 and a unix socket in
      the temp dir, a free port, a random superuser password;

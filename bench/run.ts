@@ -131,6 +131,19 @@ interface Results {
   catchup?: CatchupResult;
   storage?: StorageResult;
   raw: { agentDrains: AgentDrain[]; recvlogicalDrains: RecvDrain[] };
+  /** Sections that failed, with why: the others are still reported. */
+  errors: Partial<Record<Section, string>>;
+}
+
+/** Run a section; a failure is reported with the results, and the other sections go on. */
+async function guarded(results: Results, sections: Section[], work: () => Promise<void>): Promise<void> {
+  try {
+    await work();
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    for (const s of sections) results.errors[s] = message;
+    progress(sections.join(', '), `failed: ${message}`);
+  }
 }
 
 function markdown(r: Results): string {
@@ -149,6 +162,7 @@ function markdown(r: Results): string {
   section('3. As-of latency', r.asof && asofMarkdown(r.asof));
   section('4. Catch-up', r.catchup && catchupMarkdown(r.catchup));
   section('5. Storage', r.storage && storageMarkdown(r.storage));
+  for (const [name, error] of Object.entries(r.errors)) parts.push(`**${name} failed:** ${error}`);
   return parts.join('\n\n') + '\n';
 }
 
@@ -166,11 +180,11 @@ async function main(): Promise<number> {
 
   const results: Results = {
     startedAt: new Date(started).toISOString(), quick: opts.quick, repetitions: opts.reps, machine: machine(),
-    settings: { ...DURABLE_SETTINGS }, raw: { agentDrains: [], recvlogicalDrains: [] },
+    settings: { ...DURABLE_SETTINGS }, raw: { agentDrains: [], recvlogicalDrains: [] }, errors: {},
   };
 
   const s = opts.sections;
-  if (s.has('ingest') || s.has('catchup') || s.has('storage')) {
+  if (s.has('ingest') || s.has('catchup') || s.has('storage')) await guarded(results, ['ingest', 'catchup', 'storage'].filter((x) => s.has(x as Section)) as Section[], async () => {
     const sizes = ingestSizes(opts.scale);
     // pg_stat_statements: where the store's time goes during a drain
     const backlog: Backlog = await writeBacklog(sizes, { ...DURABLE_SETTINGS, shared_preload_libraries: 'pg_stat_statements' });
@@ -197,19 +211,19 @@ async function main(): Promise<number> {
     } finally {
       await backlog.stop();
     }
-  }
-  if (s.has('write-path')) {
+  });
+  if (s.has('write-path')) await guarded(results, ['write-path'], async () => {
     results.writePath = await writePath({
       rows: opts.quick ? 10_000 : 100_000, seconds: opts.quick ? 5 : 20, repetitions: opts.reps, periods,
-      catchupLimitSeconds: opts.quick ? 20 : 60,
+      catchupLimitSeconds: opts.quick ? 20 : 30,
     });
-  }
-  if (s.has('asof')) {
+  });
+  if (s.has('asof')) await guarded(results, ['asof'], async () => {
     results.asof = await asof({
-      keys: opts.quick ? 2_000 : 10_000, rounds: opts.quick ? 4 : 20, samples: opts.quick ? 300 : 2_000,
+      keys: opts.quick ? 2_000 : 10_000, rounds: opts.quick ? 4 : 10, samples: opts.quick ? 300 : 2_000,
       repetitions: opts.reps, periods, seed: opts.seed,
     });
-  }
+  });
 
   results.finishedAt = new Date().toISOString();
   results.durationSeconds = (Date.now() - started) / 1000;

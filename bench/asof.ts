@@ -143,7 +143,9 @@ export async function asof(opts: AsofOptions): Promise<AsofResult> {
     };
     const methods: Method[] = opts.periods ? ['pgtimewarp', 'store', 'periods'] : ['pgtimewarp', 'store'];
     const random = new Random(opts.seed);
-    const randomTime = (): string => new Date(fromTs.getTime() + random.next() * (toTs.getTime() - fromTs.getTime())).toISOString();
+    // from the next whole millisecond: tracked_from_ts has microseconds, a Date does not, and a time before it is an error
+    const first = fromTs.getTime() + 1;
+    const randomTime = (): string => new Date(first + random.next() * (toTs.getTime() - first)).toISOString();
 
     const perRep: Record<Method, Latency[]> = { pgtimewarp: [], store: [], periods: [] };
     const found: Partial<Record<Method, number>> = {};

@@ -96,3 +96,31 @@ async function runStep(
   }
   results.push(result);
 }
+
+export interface PlanThenApplyOptions {
+  /** Only look (--dry-run): the plan is the outcome. */
+  dryRun?: boolean;
+  /** listr2 renderer: 'default' on a terminal, 'simple' otherwise, 'silent' (the default) for --json and tests. */
+  renderer?: Renderer;
+  /** Asked with the plan before anything changes; false aborts.  Not asked when nothing would change. */
+  confirm?: (plan: StepResult[]) => Promise<boolean>;
+}
+
+/**
+ * The run of install and uninstall: under --dry-run the steps only look;
+ * otherwise, when there is someone to ask, they look first and the plan is
+ * confirmed (unless nothing would change), then they apply.  `steps` makes a
+ * fresh list for each pass.  `results` receives each step's outcome of the
+ * last pass (the dry run, or the apply) as it finishes, as with runSteps.
+ */
+export async function planThenApply(steps: () => Step[], opts: PlanThenApplyOptions, results: StepResult[] = []): Promise<StepResult[]> {
+  const renderer = opts.renderer ?? 'silent';
+  if (opts.dryRun) return runSteps(steps(), 'plan', renderer, results);
+  if (opts.confirm !== undefined) {
+    const plan = await runSteps(steps(), 'plan', renderer);
+    if (plan.some((r) => r.status === 'would-change') && !(await opts.confirm(plan))) {
+      throw new Error('not confirmed: nothing was changed');
+    }
+  }
+  return runSteps(steps(), 'apply', renderer, results);
+}

@@ -22,7 +22,7 @@ import { configPath, readConfig, resolveConnections, writeConfig, type AgentMode
 import { buildExtension, buildIsUpToDate, differingFiles, installDirsUnwritable, installExtensionFiles } from './install-extension.js';
 import { applySettings, restartCommand, type RestartCommand } from './install-server.js';
 import { buildUrl, connParams, databaseExists, errorMessage, quoteIdent, quoteLiteral, redactUrl, urlWithCredentials, withClient, withMaintenanceClient } from './install-sql.js';
-import { runSteps, type Renderer, type Step, type StepResult } from './install-steps.js';
+import { planThenApply, type PlanThenApplyOptions, type Step, type StepResult } from './install-steps.js';
 import { packageRoot, migrationsDir } from './paths.js';
 import {
   appliedMigrations, findBuildTools, findProblems, formatProblems, inspectSource, inspectStore,
@@ -39,7 +39,8 @@ export const PUBLICATION = 'pgtimewarp';
 const NODE_ID = /^[A-Za-z0-9_.-]{1,63}$/;
 const SLOT_NAME = /^[a-z0-9_]{1,63}$/;
 
-export interface InstallOptions {
+/** dryRun, renderer and confirm: how the steps run (PlanThenApplyOptions). */
+export interface InstallOptions extends PlanThenApplyOptions {
   source?: string;
   store?: string;
   node?: string;
@@ -48,11 +49,6 @@ export interface InstallOptions {
   plugin?: string;
   installDeps?: boolean;
   restart?: boolean;
-  dryRun?: boolean;
-  /** listr2 renderer: 'default' on a terminal, 'simple' otherwise, 'silent' for --json and tests. */
-  renderer?: Renderer;
-  /** Asked with the plan before anything changes; false aborts.  Not asked when nothing would change. */
-  confirm?: (plan: StepResult[]) => Promise<boolean>;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -769,28 +765,17 @@ function manualAgentCommand(run: InstallRun): string {
 export async function runInstall(opts: InstallOptions = {}): Promise<InstallResult> {
   validate(opts);
   const run = new InstallRun(opts);
-  const renderer = opts.renderer ?? 'silent';
-  let results: StepResult[];
-  if (opts.dryRun) {
-    results = await runSteps(steps(run), 'plan', renderer);
-  } else {
-    if (opts.confirm !== undefined) {
-      const plan = await runSteps(steps(run), 'plan', renderer);
-      if (plan.some((r) => r.status === 'would-change') && !(await opts.confirm(plan))) {
-        throw new Error('not confirmed: nothing was changed');
-      }
+  // filled as the steps finish: on a failure, what was changed before it
+  const results: StepResult[] = [];
+  try {
+    await planThenApply(() => steps(run), opts, results);
+  } catch (err) {
+    if (err instanceof Error && results.some((r) => r.status === 'changed')) {
+      const done = results.filter((r) => r.status === 'changed').map((r) => r.id).join(', ');
+      err.message += `\n(what was done before this stays: ${done}. Run install again once this is fixed: it goes on from here. ` +
+        'Or run "pgtimewarp uninstall" to remove it: a replication slot left unread keeps WAL forever.)';
     }
-    results = [];
-    try {
-      await runSteps(steps(run), 'apply', renderer, results);
-    } catch (err) {
-      if (err instanceof Error && results.some((r) => r.status === 'changed')) {
-        const done = results.filter((r) => r.status === 'changed').map((r) => r.id).join(', ');
-        err.message += `\n(what was done before this stays: ${done}. Run install again once this is fixed: it goes on from here. ` +
-          'Or run "pgtimewarp uninstall" to remove it: a replication slot left unread keeps WAL forever.)';
-      }
-      throw err;
-    }
+    throw err;
   }
   return summarize(run, results, opts.dryRun ?? false);
 }

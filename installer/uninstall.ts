@@ -13,17 +13,15 @@ import { agentFiles, backgroundAgentState, removeSystemdAgent, stopBackgroundAge
 import { configPath, resolveConnections, type InstalledConfig, type Plugin } from './config.js';
 import { DEFAULT_SLOT, PUBLICATION, deriveNodeId, sameDatabase } from './install.js';
 import { connParams, databaseExists, errorMessage, quoteIdent, redactUrl, sqlState, withClient, withMaintenanceClient } from './install-sql.js';
-import { runSteps, type Renderer, type Step, type StepResult } from './install-steps.js';
+import { planThenApply, type PlanThenApplyOptions, type Step, type StepResult } from './install-steps.js';
 import { migrationsDir } from './paths.js';
 import { AGENT_ROLE, FDW_ROLE, STORE_SCHEMA, isOurRole, revokeStoreGrants } from './roles.js';
 
-export interface UninstallOptions {
+/** dryRun, renderer and confirm: how the steps run (PlanThenApplyOptions). */
+export interface UninstallOptions extends PlanThenApplyOptions {
   source?: string;
   store?: string;
   dropStore?: boolean;
-  dryRun?: boolean;
-  renderer?: Renderer;
-  confirm?: (plan: StepResult[]) => Promise<boolean>;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -365,19 +363,7 @@ async function dropMigrationsTableIfOurs(c: pg.Client): Promise<void> {
 
 export async function runUninstall(opts: UninstallOptions = {}): Promise<UninstallResult> {
   const run = new UninstallRun(opts);
-  const renderer = opts.renderer ?? 'silent';
-  let results: StepResult[];
-  if (opts.dryRun) {
-    results = await runSteps(steps(run), 'plan', renderer);
-  } else {
-    if (opts.confirm !== undefined) {
-      const plan = await runSteps(steps(run), 'plan', renderer);
-      if (plan.some((r) => r.status === 'would-change') && !(await opts.confirm(plan))) {
-        throw new Error('not confirmed: nothing was changed');
-      }
-    }
-    results = await runSteps(steps(run), 'apply', renderer);
-  }
+  const results = await planThenApply(() => steps(run), opts);
   const changed = results.some((r) => r.status === 'changed' || r.status === 'would-change');
   const keptIn = run.storeUrl !== undefined && !opts.dropStore ? redactUrl(run.storeUrl) : null;
   let message: string;

@@ -21,20 +21,12 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 
+import { alive } from '../support/process.js';
 import { cleanEnv, runCli } from '../support/run-cli.js';
 import { waitFor } from '../support/wait.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const RUN_TIMEOUT_MS = 80_000;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/ Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
-  } catch {
-    return false;
-  }
-}
 
 /** Processes whose command line mentions `text` (the cluster's postmaster names its data directory). */
 function processesMentioning(text: string): string[] {

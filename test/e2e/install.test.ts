@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { startCluster, type Cluster } from '../support/cluster.js';
+import { alive } from '../support/process.js';
 import { useCluster } from '../support/use-cluster.js';
 import { waitFor } from '../support/wait.js';
 
@@ -100,15 +101,6 @@ async function footprint(c: Cluster, sourceDb: string, storeDb: string): Promise
 }
 
 const NOTHING: Record<string, string> = { storeDatabase: '0', roles: '', slots: '0', publications: '0', extensions: '', foreignServers: '0' };
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/ Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
-  } catch {
-    return false;
-  }
-}
 
 const tempDirs: string[] = [];
 const agentPids = new Set<number>();

@@ -6,30 +6,21 @@ import { createInterface } from 'node:readline/promises';
 
 import type { Command } from 'commander';
 
-import { runInstall, type InstallResult } from './install.js';
+import { runInstall, type InstallOptions, type InstallResult } from './install.js';
 import type { Renderer, StepResult } from './install-steps.js';
-import { runUninstall, type UninstallResult } from './uninstall.js';
+import { runUninstall, type UninstallOptions, type UninstallResult } from './uninstall.js';
 
-interface CommonFlags {
-  source?: string;
-  store?: string;
-  dryRun?: boolean;
+// The flags as commander parses them: the options' own fields, as they are
+// (agent and plugin stay strings: runInstall checks them), plus what only
+// the command line has.
+interface CommonFlags extends Pick<InstallOptions & UninstallOptions, 'source' | 'store' | 'dryRun'> {
   yes?: boolean;
   json?: boolean;
 }
 
-interface InstallFlags extends CommonFlags {
-  node?: string;
-  slot?: string;
-  agent?: string;
-  plugin?: string;
-  installDeps?: boolean;
-  restart?: boolean;
-}
+interface InstallFlags extends CommonFlags, Pick<InstallOptions, 'node' | 'slot' | 'agent' | 'plugin' | 'installDeps' | 'restart'> {}
 
-interface UninstallFlags extends CommonFlags {
-  dropStore?: boolean;
-}
+interface UninstallFlags extends CommonFlags, Pick<UninstallOptions, 'dropStore'> {}
 
 /** A task list that redraws on a terminal, one line per event elsewhere, nothing under --json (stdout is the JSON). */
 function rendererFor(flags: CommonFlags): Renderer {

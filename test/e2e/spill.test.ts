@@ -1,19 +1,23 @@
 // Spilled transactions (bounded memory, agent/assemble.ts and agent/writer.ts)
-// give exactly the versions held ones give.  A seeded random stream of
+// and batches of transactions give exactly the versions held ones, applied
+// one at a time, give.  A seeded random stream of
 // decoded messages (inserts, updates with values left unsent as unchanged
 // TOAST, key changes and chains of them, deletes, reinserts, TRUNCATEs, in
-// transactions of 1 to 12 changes) goes through two assemblers and writers
-// into one store under two node ids: one never spills, the other spills
-// after every 1 to 3 keys, so key states of one transaction meet across
-// pieces in every way the stream allows.  Both start from the same real
-// baseline; afterwards their row_versions must be identical, and the
-// checkpoint the same.  The held path is itself checked against a model by
-// agent-model.test.ts.
+// transactions of 1 to 12 changes) goes through assemblers and writers into
+// one store under three node ids: one never spills and applies each
+// transaction alone; one spills after every 1 to 3 keys, so key states of one
+// transaction meet across pieces in every way the stream allows; one applies
+// the held transactions in batches of 1 to 40, so a key's versions chain
+// within one batch, a key change carries from a key an earlier transaction
+// of the batch wrote, and TRUNCATEs fall mid-batch.  All start from the same
+// real baseline; afterwards their row_versions and commit times must be
+// identical, and the checkpoint the same.  The held path is itself checked
+// against a model by agent-model.test.ts.
 
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 
-import { TransactionAssembler, type Catalog, type TrackedTable } from '../../agent/assemble.js';
+import { TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable } from '../../agent/assemble.js';
 import { UNCHANGED_TOAST, lsnFromText, type ColumnValue, type DecodedMessage, type Lsn, type RelationInfo } from '../../agent/decode.js';
 import { StoreWriter } from '../../agent/writer.js';
 import { Random, testSeed } from '../support/random.js';
@@ -40,6 +44,7 @@ const INITIAL_KEYS = 6;
 const KEY_RANGE = 14;
 const HELD = 'held';
 const SPILLED = 'spilled';
+const BATCHED = 'batched';
 
 beforeAll(async () => {
   timewarp = await setupTimewarp(cluster(), { nodeId: HELD });
@@ -49,17 +54,19 @@ beforeAll(async () => {
   await source.query(`INSERT INTO docs SELECT g, 'title ' || g, repeat('body ' || g, 3000) FROM generate_series(1, $1) g`, [INITIAL_KEYS]);
   const res = await source.query<{ b: string }>(`SELECT pgtimewarp_track('docs')::text AS b`);
   trackedFrom = lsnFromText(res.rows[0]!.b);
-  // the second node: the same baseline
-  await store.query(`INSERT INTO pgtimewarp_store.nodes (node_id, database_name, system_identifier)
-                     SELECT $2, database_name, system_identifier FROM pgtimewarp_store.nodes WHERE node_id = $1`, [HELD, SPILLED]);
-  await store.query(`INSERT INTO pgtimewarp_store.tracked_relations
-                            (node_id, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts)
-                     SELECT $2, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts
-                       FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`, [HELD, SPILLED]);
-  await store.query(`INSERT INTO pgtimewarp_store.row_versions
-                            (node_id, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data)
-                     SELECT $2, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data
-                       FROM pgtimewarp_store.row_versions WHERE node_id = $1`, [HELD, SPILLED]);
+  // the other nodes: the same baseline
+  for (const node of [SPILLED, BATCHED]) {
+    await store.query(`INSERT INTO pgtimewarp_store.nodes (node_id, database_name, system_identifier)
+                       SELECT $2, database_name, system_identifier FROM pgtimewarp_store.nodes WHERE node_id = $1`, [HELD, node]);
+    await store.query(`INSERT INTO pgtimewarp_store.tracked_relations
+                              (node_id, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts)
+                       SELECT $2, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts
+                         FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`, [HELD, node]);
+    await store.query(`INSERT INTO pgtimewarp_store.row_versions
+                              (node_id, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data)
+                       SELECT $2, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data
+                         FROM pgtimewarp_store.row_versions WHERE node_id = $1`, [HELD, node]);
+  }
   tracked = await new StoreWriter(store, HELD, 'pgtimewarp').trackedTables();
 });
 
@@ -122,11 +129,11 @@ function* workload(r: Random, transactions: number): Generator<DecodedMessage[]>
   }
 }
 
-describe('a spilled transaction', () => {
+describe('a spilled transaction, and a batch of transactions', () => {
   const seed = testSeed();
 
-  it('writes exactly the versions a held one writes', { timeout: 120_000 }, async () => {
-    onTestFailed(() => console.error(`spill differential: replay with PGTIMEWARP_SEED=${seed}`));
+  it('write exactly the versions held ones applied one at a time write', { timeout: 120_000 }, async () => {
+    onTestFailed(() => console.error(`spill and batch differential: replay with PGTIMEWARP_SEED=${seed}`));
     const r = new Random(seed);
     const catalog: Catalog = {
       tracked: (schema, table) => tracked.find((t) => t.schema === schema && t.table === table),
@@ -134,6 +141,10 @@ describe('a spilled transaction', () => {
     };
     const held = { assembler: new TransactionAssembler(catalog), writer: new StoreWriter(store, HELD, 'pgtimewarp') };
     const spilledWriter = new StoreWriter(store, SPILLED, 'pgtimewarp');
+    const batchedWriter = new StoreWriter(store, BATCHED, 'pgtimewarp');
+    let batch: AssembledTransaction[] = [];
+    let batchSize = r.int(1, 40);
+    let batches = 0;
 
     let lsn = trackedFrom;
     let spilledTransactions = 0;
@@ -152,6 +163,13 @@ describe('a spilled transaction', () => {
       const heldTxn = held.assembler.push(commit)!;
       expect(heldTxn.spilled).toBe(false);
       await held.writer.apply([heldTxn]);
+      batch.push(heldTxn);
+      if (batch.length >= batchSize) {
+        await batchedWriter.apply(batch);
+        batches++;
+        batch = [];
+        batchSize = r.int(1, 40);
+      }
 
       // spilled: a fresh assembler per transaction, so each gets its own small limit
       const spiller = new TransactionAssembler(catalog, { spillKeys: r.int(1, 3) });
@@ -163,8 +181,10 @@ describe('a spilled transaction', () => {
         await spilledWriter.apply([txn]);
       }
     }
-    // the stream did exercise the pieces
+    if (batch.length > 0) await batchedWriter.apply(batch);
+    // the stream did exercise the pieces and the batches
     expect(spilledTransactions).toBeGreaterThan(150);
+    expect(batches).toBeGreaterThan(5);
     expect(truncates).toBeGreaterThan(0);
 
     const versions = async (node: string): Promise<string[]> => {
@@ -179,7 +199,20 @@ describe('a spilled transaction', () => {
     const expected = await versions(HELD);
     expect(expected.length).toBeGreaterThan(500);
     expect(await versions(SPILLED)).toEqual(expected);
+    expect(await versions(BATCHED)).toEqual(expected);
+    const commits = async (node: string): Promise<string[]> => {
+      const res = await store.query<{ c: string }>(
+        `SELECT format('%s %s %s', lsn, commit_ts, resolve_ts) AS c FROM pgtimewarp_store.lsn_time_map WHERE node_id = $1 ORDER BY lsn`,
+        [node],
+      );
+      return res.rows.map((x) => x.c);
+    };
+    const expectedCommits = await commits(HELD);
+    expect(expectedCommits).toHaveLength(250); // one per transaction of the workload
+    expect(await commits(SPILLED)).toEqual(expectedCommits);
+    expect(await commits(BATCHED)).toEqual(expectedCommits);
     expect(await spilledWriter.checkpoint()).toEqual(await held.writer.checkpoint());
+    expect(await batchedWriter.checkpoint()).toEqual(await held.writer.checkpoint());
   });
 
   it('leaves nothing behind when abandoned', async () => {

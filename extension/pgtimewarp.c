@@ -294,6 +294,13 @@ store_session_end(StoreSession *ss)
 }
 
 /*
+ * Counts this session's writing statements through store_execute: what an
+ * as-of call site remembers from the store (LookupCache) is good only while
+ * this is unchanged.
+ */
+static uint64 store_generation = 0;
+
+/*
  * Run one statement against the store (or the local config).  A store that
  * cannot be reached is reported with what postgres_fdw said and what to
  * check; any other error passes through with the store context attached.
@@ -305,6 +312,9 @@ store_execute(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ErrorContextCallback errcallback;
 	volatile int ret = 0;
+
+	if (!read_only)
+		store_generation++;
 
 	errcallback.callback = store_error_context;
 	errcallback.arg = NULL;
@@ -683,6 +693,8 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 	return t;
 }
 
+static void check_history_key(Tracking *t, TargetTable *target);
+
 /*
  * Tracking state of a table a history query is about.  Errors when the table
  * is not tracked, or when its primary key is no longer the one the store's
@@ -693,9 +705,6 @@ require_tracking(StoreSession *ss, TargetTable *target)
 {
 	char	   *node_id = configured_node_id(ss);
 	Tracking   *t = fetch_tracking(ss, node_id, target);
-	Datum	   *names;
-	int			nnames;
-	bool		same;
 
 	if (t == NULL)
 		ereport(ERROR,
@@ -704,6 +713,17 @@ require_tracking(StoreSession *ss, TargetTable *target)
 				 errdetail("The store has no history of it for node \"%s\".", node_id),
 				 errhint("Start recording its history with SELECT pgtimewarp_track('%s').",
 						 target->display_name)));
+	check_history_key(t, target);
+	return t;
+}
+
+/* Errors when the table's primary key is not the one its history is keyed by. */
+static void
+check_history_key(Tracking *t, TargetTable *target)
+{
+	Datum	   *names;
+	int			nnames;
+	bool		same;
 
 	deconstruct_array(t->pk_columns, TEXTOID, -1, false, TYPALIGN_INT,
 					  &names, NULL, &nnames);
@@ -725,7 +745,6 @@ require_tracking(StoreSession *ss, TargetTable *target)
 						   join_names(target->pk_names, target->npk)),
 				 errhint("Restore the original primary key to read this history.")));
 	}
-	return t;
 }
 
 static void
@@ -1167,25 +1186,102 @@ changed_columns(TupleDesc tupdesc, Jsonb *prev, Jsonb *cur, bool show_former_col
  */
 
 /*
+ * What one call site of an as-of function learned from the store, kept in
+ * fn_extra for the rest of the statement, so that a query asking for many
+ * keys costs one store probe per key, not three.  Reusing it changes no
+ * answer: postgres_fdw reads the store in one REPEATABLE READ remote
+ * transaction for the whole local transaction, so the store says the same
+ * thing all statement long, unless this session writes to it
+ * (store_generation).  A warning about the time asked for is given once per
+ * statement, not once per row.
+ */
+typedef struct LookupCache
+{
+	Oid			relid;			/* whose tracking state this is */
+	uint64		generation;		/* store_generation when it was read */
+	Tracking   *tracking;		/* in fn_mcxt */
+	bool		have_at;
+	bool		by_lsn;
+	int64		at;				/* the time or LSN asked for last ... */
+	XLogRecPtr	lsn;			/* ... and the history position it stands for */
+} LookupCache;
+
+static Tracking *
+copy_tracking(Tracking *t, MemoryContext cxt)
+{
+	Tracking   *copy = MemoryContextAlloc(cxt, sizeof(Tracking));
+
+	*copy = *t;
+	copy->node_id = MemoryContextStrdup(cxt, t->node_id);
+	copy->pk_columns = MemoryContextAlloc(cxt, VARSIZE(t->pk_columns));
+	memcpy(copy->pk_columns, t->pk_columns, VARSIZE(t->pk_columns));
+	return copy;
+}
+
+/*
  * The stored row of `pk` at `at` (a timestamptz, or an LSN when by_lsn).
- * Returns NULL when no row with that key existed then.
+ * Returns NULL when no row with that key existed then.  `flinfo` (may be
+ * NULL) keeps the LookupCache.
  */
 static Jsonb *
-lookup_row(Relation rel, TargetTable *target,
+lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 		   Jsonb *pk, Datum at, bool by_lsn)
 {
 	StoreSession ss;
 	ArrayType  *key = encode_pk(rel, target, pk);
+	LookupCache *cache = flinfo ? (LookupCache *) flinfo->fn_extra : NULL;
+	int64		at_value = by_lsn ? (int64) DatumGetLSN(at) : DatumGetTimestampTz(at);
 	Tracking   *t;
 	XLogRecPtr	lsn;
 	Jsonb	   *row;
 
+	if (flinfo != NULL && cache == NULL)
+	{
+		cache = MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(LookupCache));
+		flinfo->fn_extra = cache;
+	}
+	if (cache != NULL &&
+		(cache->relid != target->relid || cache->generation != store_generation))
+	{
+		/* another table (the argument is a column), or written since: start over */
+		cache->relid = InvalidOid;
+		cache->tracking = NULL;
+		cache->have_at = false;
+	}
+
 	store_session_begin(&ss);
-	t = require_tracking(&ss, target);
-	if (by_lsn)
-		lsn = check_lsn(target, t, DatumGetLSN(at));
+	if (cache != NULL && cache->tracking != NULL)
+	{
+		t = cache->tracking;
+		check_history_key(t, target);	/* the table may have changed since */
+	}
 	else
-		lsn = resolve_time(&ss, target, t, DatumGetTimestampTz(at));
+	{
+		t = require_tracking(&ss, target);
+		if (cache != NULL)
+		{
+			cache->tracking = copy_tracking(t, flinfo->fn_mcxt);
+			cache->relid = target->relid;
+			cache->generation = store_generation;
+		}
+	}
+
+	if (cache != NULL && cache->have_at && cache->by_lsn == by_lsn && cache->at == at_value)
+		lsn = cache->lsn;
+	else
+	{
+		if (by_lsn)
+			lsn = check_lsn(target, t, DatumGetLSN(at));
+		else
+			lsn = resolve_time(&ss, target, t, DatumGetTimestampTz(at));
+		if (cache != NULL)
+		{
+			cache->have_at = true;
+			cache->by_lsn = by_lsn;
+			cache->at = at_value;
+			cache->lsn = lsn;
+		}
+	}
 	row = row_data_at(&ss, t, target, key, lsn);
 	store_session_end(&ss);
 	return row;
@@ -1204,7 +1300,7 @@ asof_pk_common(FunctionCallInfo fcinfo, bool by_lsn)
 	require_argument(fcinfo, 2, "at");
 
 	rel = open_for_history(PG_GETARG_OID(0), &target);
-	row = lookup_row(rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn);
+	row = lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn);
 	result = row ? row_data_to_json(row, RelationGetDescr(rel), target.show_former_columns) : NULL;
 	table_close(rel, AccessShareLock);
 
@@ -1251,7 +1347,7 @@ pgtimewarp_asof_row(PG_FUNCTION_ARGS)
 	require_argument(fcinfo, 2, "at");
 
 	rel = open_for_history(relid, &target);
-	row = lookup_row(rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), false);
+	row = lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), false);
 	if (row == NULL)
 	{
 		table_close(rel, AccessShareLock);

@@ -29,9 +29,15 @@ export interface AgentOptions {
   /** Most transactions written in one store transaction. Default 500. */
   maxBatch?: number;
   /**
+   * Most versions held for one store transaction: a batch is written once
+   * it has this many, so many mid-sized transactions cannot add up to
+   * unbounded memory.  Default 20000.
+   */
+  maxBatchVersions?: number;
+  /**
    * A transaction holding more key states than this (or than spillBytes of
    * values) is spilled to the store piece by piece, so memory stays bounded
-   * (agent/assemble.ts).  Defaults: 20000 keys, 16 MiB.
+   * (agent/assemble.ts).  Defaults: 5000 keys, 4 MiB.
    */
   spillKeys?: number;
   spillBytes?: number;
@@ -143,18 +149,39 @@ async function runSession(
     let lastHeartbeat = 0;
     let batch: AssembledTransaction[] = [];
     const maxBatch = opts.maxBatch ?? 500;
+    const maxBatchVersions = opts.maxBatchVersions ?? 20_000;
+    let batchVersions = 0;
 
-    const flush = async (): Promise<void> => {
-      if (batch.length === 0) return;
-      const saved = await writer.apply(batch);
-      const versions = batch.reduce((n, t) => n + t.versions.length, writer.spilledVersions);
-      log({ level: 'info', event: 'applied', message: `applied ${batch.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
-        transactions: batch.length, versions, lsn: lsnToText(saved.lsn) });
-      batch = [];
-      applied = saved.lsn;
-      stream!.confirm(saved.lsn);
-      stream!.sendStatus();
-      onProgress();
+    // The store writes one batch while the agent decodes the next: apply()
+    // runs in the background (`writing`), and the next batch, or anything
+    // else that uses the store, waits for it first.  The source is confirmed
+    // only when a batch's store transaction has committed, as before; a
+    // failed write surfaces at the next wait, and the unconfirmed changes are
+    // read again after the retry.
+    let writing: Promise<void> | null = null;
+    const settle = async (): Promise<void> => {
+      const w = writing;
+      writing = null;
+      await w;
+    };
+    const flush = async ({ wait }: { wait: boolean }): Promise<void> => {
+      await settle();
+      if (batch.length > 0) {
+        const written = batch;
+        batch = [];
+        batchVersions = 0;
+        writing = writer.apply(written).then((saved) => {
+          const versions = written.reduce((n, t) => n + t.versions.length, writer.spilledVersions);
+          log({ level: 'info', event: 'applied', message: `applied ${written.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
+            transactions: written.length, versions, lsn: lsnToText(saved.lsn) });
+          applied = saved.lsn;
+          stream!.confirm(saved.lsn);
+          stream!.sendStatus();
+          onProgress();
+        });
+        writing.catch(() => undefined); // handled by the settle() that awaits it
+      }
+      if (wait) await settle();
     };
 
     const abort = (): void => void stream?.close();
@@ -164,7 +191,7 @@ async function runSession(
         const message = await stream.read();
         if (message === null || opts.signal?.aborted) return 'stop'; // the unflushed batch is re-read next time
         if (message.type === 'keepalive') {
-          await flush();
+          await flush({ wait: true });
           // nothing open and everything before walEnd stored: history is complete to walEnd
           if (!assembler.inTransaction && message.walEnd > applied && Date.now() - lastHeartbeat >= heartbeatInterval) {
             const beat: Checkpoint = { lsn: message.walEnd, time: message.sendTime };
@@ -182,8 +209,9 @@ async function runSession(
           if (decoded.type === 'relation') await catalog.learnTypes(decoded.relation.columns.map((c) => c.typeOid));
           const txn = assembler.push(decoded);
           for (const op of assembler.takeSpill()) {
+            await settle(); // a batch being written may be the one that ends the last spilled transaction
             if (!writer.spilling) {
-              await flush(); // the transactions before it commit on their own
+              await flush({ wait: true }); // the transactions before it commit on their own
               log({ level: 'info', event: 'spilling', message: 'a transaction too big to hold in memory: merging it in the store piece by piece until its COMMIT' });
             }
             await writer.spill(op);
@@ -191,22 +219,28 @@ async function runSession(
           if (txn === null) continue;
           if (txn.endLsn <= applied) {
             // stored before the restart
-            if (txn.spilled) await writer.abandonSpill();
+            if (txn.spilled) {
+              await settle();
+              await writer.abandonSpill();
+            }
             continue;
           }
           batch.push(txn);
+          batchVersions += txn.versions.length;
           if (txn.tracking.length > 0) {
-            await flush();
+            await flush({ wait: true });
             await catalog.refresh();
             log({ level: 'info', event: 'tracking', message: txn.tracking.map((e) => `${e.action} ${e.schema}.${e.table}`).join(', ') });
             // wal2json's add-tables is fixed for a stream: start again with the new list from here
             if (opts.plugin === 'wal2json') return 'restart';
           }
         }
-        if (batch.length >= maxBatch || stream.bufferedBytes === 0) await flush();
+        if (batch.length >= maxBatch || batchVersions >= maxBatchVersions || stream.bufferedBytes === 0) await flush({ wait: false });
       }
     } finally {
       opts.signal?.removeEventListener('abort', abort);
+      // a batch being written commits or rolls back whole; let it finish before the connections go
+      await settle().catch(() => undefined);
     }
   } finally {
     await stream?.close().catch(() => undefined);

@@ -155,10 +155,12 @@ async function runSession(
     // The store writes one batch while the agent decodes the next: apply()
     // runs in the background (`writing`), and the next batch, or anything
     // else that uses the store, waits for it first.  The source is confirmed
-    // only when a batch's store transaction has committed, as before; a
-    // failed write surfaces at the next wait, and the unconfirmed changes are
-    // read again after the retry.
+    // only when a batch's store transaction has committed.  A failed write
+    // ends the wait for the next message at once (failureOf), and the
+    // unconfirmed changes are read again after the retry.
     let writing: Promise<void> | null = null;
+    /** Rejects when `w` does; otherwise never settles. */
+    const failureOf = (w: Promise<void>): Promise<never> => w.then(() => new Promise<never>(() => undefined));
     const settle = async (): Promise<void> => {
       const w = writing;
       writing = null;
@@ -188,7 +190,7 @@ async function runSession(
     opts.signal?.addEventListener('abort', abort, { once: true });
     try {
       for (;;) {
-        const message = await stream.read();
+        const message = await (writing === null ? stream.read() : Promise.race([stream.read(), failureOf(writing)]));
         if (message === null || opts.signal?.aborted) return 'stop'; // the unflushed batch is re-read next time
         if (message.type === 'keepalive') {
           await flush({ wait: true });

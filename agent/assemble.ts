@@ -153,6 +153,8 @@ export interface AssembledTransaction {
   truncated: Array<{ schema: string; table: string }>;
   versions: VersionWrite[];
   tracking: TrackingEvent[];
+  /** Roughly the bytes of row values the changes carried (0 when spilled): bounds a batch's memory. */
+  bytes: number;
 }
 
 /** The state of one key within the open transaction. */
@@ -384,7 +386,7 @@ export class TransactionAssembler {
       this.spillQueue.push({ kind: 'merge', keys: [...open.keys.values()].map(spilledKey) });
       return {
         spilled: true, xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
-        truncated: [...open.truncated.values()], versions: [], tracking: open.tracking,
+        truncated: [...open.truncated.values()], versions: [], tracking: open.tracking, bytes: 0,
       };
     }
 
@@ -421,6 +423,7 @@ export class TransactionAssembler {
       truncated: [...open.truncated.values()],
       versions,
       tracking: open.tracking,
+      bytes: open.bytes,
     };
   }
 

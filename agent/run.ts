@@ -34,6 +34,8 @@ export interface AgentOptions {
    * unbounded memory.  Default 20000.
    */
   maxBatchVersions?: number;
+  /** ... or roughly this many bytes of row values (TransactionAssembler's count).  Default 8 MiB. */
+  maxBatchBytes?: number;
   /**
    * A transaction holding more key states than this (or than spillBytes of
    * values) is spilled to the store piece by piece, so memory stays bounded
@@ -151,6 +153,8 @@ async function runSession(
     const maxBatch = opts.maxBatch ?? 500;
     const maxBatchVersions = opts.maxBatchVersions ?? 20_000;
     let batchVersions = 0;
+    const maxBatchBytes = opts.maxBatchBytes ?? 8 << 20;
+    let batchBytes = 0;
 
     // The store writes one batch while the agent decodes the next: apply()
     // runs in the background (`writing`), and the next batch, or anything
@@ -170,12 +174,14 @@ async function runSession(
       await settle();
       if (batch.length > 0) {
         const written = batch;
+        const bytes = batchBytes;
         batch = [];
         batchVersions = 0;
+        batchBytes = 0;
         writing = writer.apply(written).then((saved) => {
           const versions = written.reduce((n, t) => n + t.versions.length, writer.spilledVersions);
           log({ level: 'info', event: 'applied', message: `applied ${written.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
-            transactions: written.length, versions, lsn: lsnToText(saved.lsn) });
+            transactions: written.length, versions, bytes, lsn: lsnToText(saved.lsn) });
           applied = saved.lsn;
           stream!.confirm(saved.lsn);
           stream!.sendStatus();
@@ -229,6 +235,7 @@ async function runSession(
           }
           batch.push(txn);
           batchVersions += txn.versions.length;
+          batchBytes += txn.bytes;
           if (txn.tracking.length > 0) {
             await flush({ wait: true });
             await catalog.refresh();
@@ -237,7 +244,8 @@ async function runSession(
             if (opts.plugin === 'wal2json') return 'restart';
           }
         }
-        if (batch.length >= maxBatch || batchVersions >= maxBatchVersions || stream.bufferedBytes === 0) await flush({ wait: false });
+        const full = batch.length >= maxBatch || batchVersions >= maxBatchVersions || batchBytes >= maxBatchBytes;
+        if (full || stream.bufferedBytes === 0) await flush({ wait: false });
       }
     } finally {
       opts.signal?.removeEventListener('abort', abort);

@@ -1206,6 +1206,14 @@ typedef struct LookupCache
 	XLogRecPtr	lsn;			/* ... and the history position it stands for */
 } LookupCache;
 
+static void
+free_tracking(Tracking *t)
+{
+	pfree(t->node_id);
+	pfree(t->pk_columns);
+	pfree(t);
+}
+
 static Tracking *
 copy_tracking(Tracking *t, MemoryContext cxt)
 {
@@ -1243,7 +1251,12 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	if (cache != NULL &&
 		(cache->relid != target->relid || cache->generation != store_generation))
 	{
-		/* another table (the argument is a column), or written since: start over */
+		/*
+		 * another table (the argument is a column), or written since: start
+		 * over, freeing the old state (a statement may switch every row)
+		 */
+		if (cache->tracking != NULL)
+			free_tracking(cache->tracking);
 		cache->relid = InvalidOid;
 		cache->tracking = NULL;
 		cache->have_at = false;

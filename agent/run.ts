@@ -174,12 +174,13 @@ async function runSession(
       await settle();
       if (batch.length > 0) {
         const written = batch;
+        const held = batchVersions;
         const bytes = batchBytes;
         batch = [];
         batchVersions = 0;
         batchBytes = 0;
         writing = writer.apply(written).then((saved) => {
-          const versions = written.reduce((n, t) => n + t.versions.length, writer.spilledVersions);
+          const versions = held + writer.spilledVersions;
           log({ level: 'info', event: 'applied', message: `applied ${written.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
             transactions: written.length, versions, bytes, lsn: lsnToText(saved.lsn) });
           applied = saved.lsn;

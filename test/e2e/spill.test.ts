@@ -18,8 +18,9 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 
 import { TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable } from '../../agent/assemble.js';
-import { UNCHANGED_TOAST, lsnFromText, type ColumnValue, type DecodedMessage, type Lsn, type RelationInfo } from '../../agent/decode.js';
+import { UNCHANGED_TOAST, lsnFromText, type ColumnValue, type DecodedMessage, type Lsn } from '../../agent/decode.js';
 import { StoreWriter } from '../../agent/writer.js';
+import { docs } from '../support/docs-relation.js';
 import { Random, testSeed } from '../support/random.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
@@ -30,16 +31,6 @@ let store: pg.Client;
 let tracked: TrackedTable[];
 let trackedFrom: Lsn;
 
-const docs: RelationInfo = {
-  oid: 0,
-  schema: 'public',
-  table: 'docs',
-  columns: [
-    { name: 'id', typeOid: 23, isKey: true },
-    { name: 'title', typeOid: 25, isKey: false },
-    { name: 'body', typeOid: 25, isKey: false },
-  ],
-};
 const INITIAL_KEYS = 6;
 const KEY_RANGE = 14;
 const HELD = 'held';

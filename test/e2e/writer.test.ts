@@ -7,8 +7,9 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { TransactionAssembler, type AssembledTransaction, type Catalog } from '../../agent/assemble.js';
-import { UNCHANGED_TOAST, lsnFromText, lsnToText, type ColumnValue, type DecodedMessage, type Lsn, type RelationInfo } from '../../agent/decode.js';
+import { UNCHANGED_TOAST, lsnFromText, lsnToText, type ColumnValue, type DecodedMessage, type Lsn } from '../../agent/decode.js';
 import { StoreWriter } from '../../agent/writer.js';
+import { docs } from '../support/docs-relation.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
 
@@ -17,17 +18,6 @@ let timewarp: Timewarp;
 let store: pg.Client;
 let writer: StoreWriter;
 let trackedFrom: Lsn;
-
-const docs: RelationInfo = {
-  oid: 0,
-  schema: 'public',
-  table: 'docs',
-  columns: [
-    { name: 'id', typeOid: 23, isKey: true },
-    { name: 'title', typeOid: 25, isKey: false },
-    { name: 'body', typeOid: 25, isKey: false },
-  ],
-};
 
 const BIG = 'x'.repeat(100_000);
 const COMMIT_RECORD = 8n;

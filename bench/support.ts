@@ -13,6 +13,7 @@ import type pg from 'pg';
 
 import { packageRoot } from '../installer/paths.js';
 import { pgBinDir, type Cluster } from '../test/support/cluster.js';
+import { procStatusKb } from '../test/support/process.js';
 
 const benchStarted = Date.now();
 
@@ -59,13 +60,6 @@ const CLOCK_TICKS = (() => {
   const ticks = Number(out.stdout?.trim());
   return Number.isFinite(ticks) && ticks > 0 ? ticks : 100;
 })();
-
-/** A /proc/<pid>/status field in kB (VmHWM: peak resident set). */
-export function procStatusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
-  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (match === null) throw new Error(`no ${field} in /proc/${pid}/status`);
-  return Number(match[1]);
-}
 
 /**
  * Samples the CPU time of some processes while they run, so that the last

@@ -9,7 +9,6 @@
 // under the limit.  The figures are printed.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
@@ -17,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest'
 
 import { lsnFromText } from '../../agent/decode.js';
 import { packageRoot } from '../../installer/paths.js';
+import { procStatusKb } from '../support/process.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
 import { waitFor } from '../support/wait.js';
@@ -38,13 +38,6 @@ afterAll(async () => {
   agent?.kill('SIGKILL');
   await timewarp?.source.end();
 });
-
-/** A /proc/<pid>/status field in kB. */
-function procStatusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
-  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (match === null) throw new Error(`no ${field} in /proc/${pid}/status`);
-  return Number(match[1]);
-}
 
 describe('the agent on one transaction of 1,000,000 changes', () => {
   it('stores it exactly, its RSS staying under 300 MB', { timeout: 600_000 }, async () => {

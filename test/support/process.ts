@@ -1,4 +1,4 @@
-// Processes the e2e tests start or expect gone (agents, servers).
+// Processes the e2e tests and benchmarks start or expect gone (agents, servers).
 
 import { readFileSync } from 'node:fs';
 
@@ -10,4 +10,11 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A /proc/<pid>/status field in kB (VmHWM: peak resident set). */
+export function procStatusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (match === null) throw new Error(`no ${field} in /proc/${pid}/status`);
+  return Number(match[1]);
 }

@@ -15,7 +15,7 @@ import { startCluster } from '../test/support/cluster.js';
 import { Random } from '../test/support/random.js';
 import { setupTimewarp } from '../test/support/timewarp.js';
 import { fmt, fmtMs, fmtRatio, median, percentile } from './stats.js';
-import { AgentProcess, poll, progress } from './support.js';
+import { AgentProcess, poll, progress, versionWithPeriods } from './support.js';
 import { DURABLE_SETTINGS } from './write-path.js';
 
 const NODE = 'asof';
@@ -69,10 +69,7 @@ export async function asof(opts: AsofOptions): Promise<AsofResult> {
       await source.query(`INSERT INTO ${t} SELECT g, 0, md5(g::text) FROM generate_series(1, $1) g`, [opts.keys]);
     }
     if (opts.periods) {
-      await source.query('CREATE EXTENSION periods CASCADE');
-      await source.query(`SELECT periods.add_system_time_period('lk_p')`);
-      await source.query(`SELECT periods.add_system_versioning('lk_p')`);
-      await source.query(`CREATE INDEX ON lk_p_history (id, system_time_start)`);
+      await versionWithPeriods(source, 'lk_p');
     }
     const agent = new AgentProcess({ sourceUrl, storeUrl, nodeId: NODE, slot: SLOT, plugin: 'pgoutput' });
     try {

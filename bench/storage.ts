@@ -10,7 +10,7 @@ import type pg from 'pg';
 
 import { INGEST_NODE, INGEST_TABLE_SQL, runIngestWorkload, type Backlog } from './backlog.js';
 import { fmt, fmtBytes, fmtRatio } from './stats.js';
-import { progress } from './support.js';
+import { progress, versionWithPeriods } from './support.js';
 
 export interface StoreSize {
   versions: number;
@@ -56,11 +56,8 @@ export async function measurePeriods(backlog: Backlog): Promise<PeriodsSize> {
   await backlog.cluster.psql('CREATE DATABASE periods');
   const db = await backlog.cluster.connect('periods');
   try {
-    await db.query('CREATE EXTENSION periods CASCADE');
     for (const sql of INGEST_TABLE_SQL.split(';')) await db.query(sql);
-    await db.query(`SELECT periods.add_system_time_period('ingest', 'system_time_start', 'system_time_end')`);
-    await db.query(`SELECT periods.add_system_versioning('ingest')`);
-    await db.query(`CREATE INDEX ON ingest_history (id, system_time_start)`);
+    await versionWithPeriods(db, 'ingest');
     progress(section, `the same workload on a table versioned by periods`);
     await runIngestWorkload(db, backlog.sizes, (m) => progress(section, `periods: ${m}`));
     await db.query('VACUUM ANALYZE ingest_history');

@@ -324,6 +324,19 @@ export function machine(): Machine {
 export const PERIODS_PACKAGE = 'postgresql-15-periods';
 export const PERIODS_INSTALL = `apt-get install -y ${PERIODS_PACKAGE}`;
 
+/**
+ * Version `table` with periods (created here in the database): a
+ * SYSTEM_TIME period on columns system_time_start and system_time_end
+ * (added when missing), the history table `<table>_history`, and an index
+ * on it for as-of lookups by id, as a user of periods would make.
+ */
+export async function versionWithPeriods(db: pg.Client, table: string): Promise<void> {
+  await db.query('CREATE EXTENSION IF NOT EXISTS periods CASCADE');
+  await db.query(`SELECT periods.add_system_time_period($1)`, [table]);
+  await db.query(`SELECT periods.add_system_versioning($1)`, [table]);
+  await db.query(`CREATE INDEX ON ${table}_history (id, system_time_start)`);
+}
+
 /** Whether the `periods` extension is installed in the PostgreSQL the clusters run. */
 export function periodsInstalled(): boolean {
   const sharedir = spawnSync(pgProgram('pg_config'), ['--sharedir'], { encoding: 'utf8' });

@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { startCluster } from '../test/support/cluster.js';
 import { setupTimewarp } from '../test/support/timewarp.js';
 import { fmt, fmtRatio, median } from './stats.js';
-import { AgentProcess, pgbench, poll, progress } from './support.js';
+import { AgentProcess, pgbench, poll, progress, versionWithPeriods } from './support.js';
 
 export const DURABLE_SETTINGS: Readonly<Record<string, string>> = {
   fsync: 'on',
@@ -101,10 +101,7 @@ export async function writePath(opts: WritePathOptions): Promise<WritePathResult
           `UPDATE ${table} SET balance = balance + 1, updated_at = now() WHERE id = :id;\n`);
     }
     if (opts.periods) {
-      await source.query('CREATE EXTENSION periods CASCADE');
-      await source.query(`SELECT periods.add_system_time_period('wp_periods')`);
-      await source.query(`SELECT periods.add_system_versioning('wp_periods')`);
-      await source.query(`CREATE INDEX ON wp_periods_history (id, system_time_start)`);
+      await versionWithPeriods(source, 'wp_periods');
     }
     // the agent first (it makes the slot and publication), then track
     let agent = new AgentProcess({ sourceUrl, storeUrl, nodeId: NODE, slot: SLOT, plugin: 'pgoutput' });

@@ -211,10 +211,15 @@ export class ReplicationStream implements AsyncIterable<ReplicationMessage> {
 
   /**
    * Send a standby status update now: write = flush = apply = the confirmed
-   * position (0/0, meaning "nothing", before the first confirm()).  Returns
-   * false when the stream no longer takes one (closing or ended).
+   * position (0/0, meaning "nothing", before the first confirm()).  With
+   * `replyRequested` the walsender answers at once with a keepalive whose
+   * walEnd is how far it has decoded and sent (walsender.c,
+   * ProcessStandbyReplyMessage): how the agent learns, without waiting for
+   * the server's own keepalives, that a quiet stream has nothing more to
+   * send.  Returns false when the stream no longer takes one (closing or
+   * ended).
    */
-  sendStatus(): boolean {
+  sendStatus({ replyRequested = false }: { replyRequested?: boolean } = {}): boolean {
     if (this.state !== 'streaming' || this.copyDoneSent) return false;
     const frame = Buffer.alloc(1 + 4 + 1 + 8 * 4 + 1);
     frame.writeUInt8(0x64, 0); // 'd' CopyData
@@ -224,7 +229,7 @@ export class ReplicationStream implements AsyncIterable<ReplicationMessage> {
     frame.writeBigUInt64BE(this.confirmed, 14); // flushed: what the slot's confirmed_flush_lsn becomes
     frame.writeBigUInt64BE(this.confirmed, 22); // applied
     frame.writeBigInt64BE(pgTimestampNow(), 30);
-    frame.writeUInt8(0, 38); // no reply requested
+    frame.writeUInt8(replyRequested ? 1 : 0, 38);
     return this.write(frame);
   }
 

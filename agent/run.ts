@@ -10,10 +10,12 @@
 
 import pg from 'pg';
 
-import { AssemblyError, TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable } from './assemble.js';
+import {
+  AssemblyError, TRACKING_MESSAGE_PREFIX, TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable,
+} from './assemble.js';
 import { lsnFromText, lsnToText, type Decoder, type Lsn } from './decode.js';
 import { PGOUTPUT_PROTO_VERSION, PgoutputDecodeError, PgoutputDecoder } from './pgoutput.js';
-import { ReplicationStream } from './replication.js';
+import { ReplicationStream, type ReplicationMessage } from './replication.js';
 import { Wal2jsonDecoder, Wal2jsonError, wal2jsonOptions, type CatalogColumn } from './wal2json.js';
 import { StoreWriteError, StoreWriter, type Checkpoint } from './writer.js';
 
@@ -49,11 +51,34 @@ export interface AgentOptions {
   /** Waits between reconnection attempts, ms; doubled up to the maximum. Default 1000..30000. */
   backoff?: { initialMs: number; maxMs: number };
   /**
-   * Least time between heartbeats, ms.  Default 10000.  Each heartbeat
-   * writes to the store, and a store on the source's cluster writes WAL
-   * that the next keepalive reports: unlimited, they would feed themselves.
+   * Least time between heartbeats, ms, and how often a quiet stream asks
+   * the server how far it has sent.  Default 1000: the store knows within
+   * about a second how far history is complete.  A heartbeat is one small
+   * store transaction, and none is written for WAL that is only the
+   * agent's own store commits (see runSession).
    */
   heartbeatIntervalMs?: number;
+  /** How often the health checks run (slot WAL retention, tracked tables), ms.  Default 10 heartbeat intervals. */
+  healthIntervalMs?: number;
+  /** Figures as the agent goes, for metrics (agent/metrics.ts). */
+  observer?: AgentObserver;
+}
+
+/**
+ * What the agent reports as it goes, for metrics; every callback is
+ * optional and must not throw.
+ */
+export interface AgentObserver {
+  /** A transaction was assembled from the stream (not yet stored). */
+  received?(endLsn: Lsn, commitTime: Date): void;
+  /** A batch committed in the store and was confirmed to the source. */
+  applied?(batch: { transactions: number; versions: number; bytes: number; lsn: Lsn; lastCommitTime: Date; writeSeconds: number }): void;
+  /** A heartbeat committed: history is complete up to `lsn`, as of `time`. */
+  heartbeat?(lsn: Lsn, time: Date, writeSeconds: number): void;
+  /** How far the server has sent WAL, from a keepalive or a message. */
+  serverPosition?(lsn: Lsn): void;
+  /** The agent is about to retry after an error of this kind (retryKind). */
+  retry?(kind: string): void;
 }
 
 export interface AgentEvent {
@@ -90,6 +115,7 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       }
       const message = err instanceof Error ? err.message : String(err);
       log({ level: 'warning', event: 'retry', message: `${message}; retrying in ${wait} ms`, waitMs: wait });
+      opts.observer?.retry?.(retryKind(err));
       await recordHealth(opts, 'warning', retryKind(err), message).catch(() => undefined);
       await sleep(wait, opts.signal);
       wait = Math.min(wait * 2, backoff.maxMs);
@@ -146,81 +172,157 @@ async function runSession(
     log({ level: 'info', event: 'streaming', message: `streaming slot ${opts.slot} from ${lsnToText(startLsn)}`, lsn: lsnToText(startLsn) });
 
     const assembler = new TransactionAssembler(catalog, { spillKeys: opts.spillKeys, spillBytes: opts.spillBytes });
+    const observe = opts.observer ?? {};
     let applied: Lsn = checkpoint?.lsn ?? 0n;
-    const heartbeatInterval = opts.heartbeatIntervalMs ?? 10_000;
+    const heartbeatInterval = opts.heartbeatIntervalMs ?? 1000;
+    const healthInterval = opts.healthIntervalMs ?? 10 * heartbeatInterval;
     let lastHeartbeat = 0;
+    let lastHealth = Date.now();
     let batch: AssembledTransaction[] = [];
     const maxBatch = opts.maxBatch ?? 500;
     const maxBatchVersions = opts.maxBatchVersions ?? 20_000;
     let batchVersions = 0;
     const maxBatchBytes = opts.maxBatchBytes ?? 8 << 20;
     let batchBytes = 0;
+    // A store on the source's cluster writes WAL the source's walsender
+    // reports too: its own commits must not call for more heartbeats.
+    const sameCluster = (await writer.systemIdentifier()) === identity.rows[0]!.sysid;
+    let ownWalEnd: Lsn = 0n;
 
-    // The store writes one batch while the agent decodes the next: apply()
-    // runs in the background (`writing`), and the next batch, or anything
-    // else that uses the store, waits for it first.  The source is confirmed
-    // only when a batch's store transaction has committed.  A failed write
-    // ends the wait for the next message at once (failureOf), and the
-    // unconfirmed changes are read again after the retry.
-    let writing: Promise<void> | null = null;
-    /** Rejects when `w` does; otherwise never settles. */
-    const failureOf = (w: Promise<void>): Promise<never> => w.then(() => new Promise<never>(() => undefined));
+    // The apply pipeline.  The store writes one batch (or heartbeat) while
+    // the agent decodes the next: `writing` is the one store transaction in
+    // flight, and everything else that uses the store waits for it first
+    // (settle).  A batch is handed to the store as soon as the store is
+    // free, so under load batches grow to whatever arrived during the
+    // previous write, and decoding never waits for a commit unless a batch
+    // is full.  The source is confirmed only in a write's completion, after
+    // its store commit, and only with what that commit stored.
+    // (typed by assertion: TypeScript would narrow it to null, not seeing the closures assign it)
+    let writing = null as Promise<void> | null;
     const settle = async (): Promise<void> => {
       const w = writing;
       writing = null;
       await w;
     };
-    const flush = async ({ wait }: { wait: boolean }): Promise<void> => {
-      await settle();
-      if (batch.length > 0) {
-        const written = batch;
-        const held = batchVersions;
-        const bytes = batchBytes;
-        batch = [];
-        batchVersions = 0;
-        batchBytes = 0;
-        writing = writer.apply(written).then((saved) => {
-          const versions = held + writer.spilledVersions;
-          log({ level: 'info', event: 'applied', message: `applied ${written.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
-            transactions: written.length, versions, bytes, lsn: lsnToText(saved.lsn) });
-          applied = saved.lsn;
-          stream!.confirm(saved.lsn);
-          stream!.sendStatus();
-          onProgress();
-        });
-        writing.catch(() => undefined); // handled by the settle() that awaits it
-      }
-      if (wait) await settle();
+    const launch = (work: Promise<void>): void => {
+      writing = work;
+      work.catch(() => undefined); // handled by whoever awaits it: settle() or the loop's race
     };
+    const startWrite = (): void => {
+      const written = batch;
+      const held = batchVersions;
+      const bytes = batchBytes;
+      batch = [];
+      batchVersions = 0;
+      batchBytes = 0;
+      const started = performance.now();
+      launch(writer.apply(written).then((saved) => {
+        const writeSeconds = (performance.now() - started) / 1000;
+        const versions = held + writer.spilledVersions;
+        log({ level: 'info', event: 'applied', message: `applied ${written.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
+          transactions: written.length, versions, bytes, lsn: lsnToText(saved.lsn), writeMs: Math.round(writeSeconds * 1000) });
+        applied = saved.lsn;
+        stream!.confirm(saved.lsn);
+        stream!.sendStatus();
+        observe.applied?.({ transactions: written.length, versions, bytes, lsn: saved.lsn, lastCommitTime: saved.time, writeSeconds });
+        onProgress();
+      }));
+    };
+
+    // The horizon: a position before which the server has sent everything,
+    // with no transaction open at it (from a keepalive, or the extension's
+    // horizon request, see below).  Once everything received before it is
+    // stored, history is complete up to it, and a heartbeat records that:
+    // a checkpoint at that position with the server's time, so that a
+    // quiet source's slot does not pin WAL and a time just past the last
+    // commit resolves without a warning.  Heartbeats are at most one per
+    // heartbeatIntervalMs, and none for WAL that is only the agent's own
+    // store commits (a store on the source's cluster would otherwise feed
+    // itself), except when asked for: pgtimewarp's non-transactional
+    // message (the extension's horizon request) is answered at once.
+    let horizon = null as { lsn: Lsn; time: Date; requested: boolean } | null;
+    const heartbeatDue = (h: { lsn: Lsn; requested: boolean }): boolean =>
+      h.requested ||
+      (Date.now() - lastHeartbeat >= heartbeatInterval && !(sameCluster && h.lsn <= ownWalEnd));
+    const startHeartbeat = (h: { lsn: Lsn; time: Date }): void => {
+      horizon = null;
+      const started = performance.now();
+      launch((async () => {
+        await writer.heartbeat({ lsn: h.lsn, time: h.time });
+        const writeSeconds = (performance.now() - started) / 1000;
+        applied = h.lsn;
+        stream!.confirm(h.lsn);
+        stream!.sendStatus();
+        lastHeartbeat = Date.now();
+        observe.heartbeat?.(h.lsn, h.time, writeSeconds);
+        onProgress();
+        if (sameCluster) ownWalEnd = await writer.walInsertLsn();
+      })());
+    };
+
+    /** Start the store's next piece of work if it is free: a batch, a heartbeat, the periodic health check. */
+    const pump = (): void => {
+      if (writing !== null) return;
+      if (batch.length > 0) {
+        startWrite();
+        return;
+      }
+      if (horizon !== null && horizon.lsn <= applied) horizon = null; // stored past it already
+      if (horizon !== null && !assembler.inTransaction && heartbeatDue(horizon)) {
+        startHeartbeat(horizon);
+        return;
+      }
+      if (Date.now() - lastHealth >= healthInterval && !assembler.inTransaction && !writer.spilling) {
+        lastHealth = Date.now();
+        launch(health.run(catalog.recording()));
+      }
+    };
+
+    // A quiet stream: ask the server every heartbeat interval how far it
+    // has sent (its answer is a keepalive, handled below).
+    const ask = setInterval(() => {
+      if (writing === null && batch.length === 0 && !assembler.inTransaction) stream?.sendStatus({ replyRequested: true });
+    }, heartbeatInterval);
 
     const abort = (): void => void stream?.close();
     opts.signal?.addEventListener('abort', abort, { once: true });
     try {
+      let reading: Promise<ReplicationMessage | null> | null = null;
       for (;;) {
-        const message = await (writing === null ? stream.read() : Promise.race([stream.read(), failureOf(writing)]));
+        reading ??= stream.read();
+        const w: Promise<void> | null = writing;
+        const next = w === null
+          ? await reading
+          : await Promise.race([reading, w.then(() => 'written' as const)]);
+        if (next === 'written') {
+          writing = null;
+          pump();
+          continue;
+        }
+        reading = null;
+        const message = next;
         if (message === null || opts.signal?.aborted) return 'stop'; // the unflushed batch is re-read next time
         if (message.type === 'keepalive') {
-          await flush({ wait: true });
-          // nothing open and everything before walEnd stored: history is complete to walEnd
-          if (!assembler.inTransaction && message.walEnd > applied && Date.now() - lastHeartbeat >= heartbeatInterval) {
-            const beat: Checkpoint = { lsn: message.walEnd, time: message.sendTime };
-            await writer.heartbeat(beat);
-            lastHeartbeat = Date.now();
-            await health.run(catalog.recording());
-            applied = beat.lsn;
-            stream.confirm(beat.lsn);
-            stream.sendStatus();
-            onProgress();
+          observe.serverPosition?.(message.walEnd);
+          if (!assembler.inTransaction && message.walEnd > applied) {
+            horizon = { lsn: message.walEnd, time: message.sendTime, requested: horizon?.requested ?? false };
           }
+          pump();
           continue;
         }
         for (const decoded of decoder.decode(message.payload)) {
           if (decoded.type === 'relation') await catalog.learnTypes(decoded.relation.columns.map((c) => c.typeOid));
+          if (decoded.type === 'message' && !decoded.transactional && decoded.prefix === TRACKING_MESSAGE_PREFIX && !assembler.inTransaction) {
+            // the extension waits for history to be stored up to here (a horizon request)
+            horizon = { lsn: decoded.lsn, time: message.sendTime, requested: true };
+          }
           const txn = assembler.push(decoded);
           for (const op of assembler.takeSpill()) {
             await settle(); // a batch being written may be the one that ends the last spilled transaction
             if (!writer.spilling) {
-              await flush({ wait: true }); // the transactions before it commit on their own
+              // the transactions before it commit on their own
+              if (batch.length > 0) startWrite();
+              await settle();
               log({ level: 'info', event: 'spilling', message: 'a transaction too big to hold in memory: merging it in the store piece by piece until its COMMIT' });
             }
             await writer.spill(op);
@@ -234,21 +336,27 @@ async function runSession(
             }
             continue;
           }
+          observe.received?.(txn.endLsn, txn.commitTime);
           batch.push(txn);
           batchVersions += txn.versions.length;
           batchBytes += txn.bytes;
           if (txn.tracking.length > 0) {
-            await flush({ wait: true });
+            await settle();
+            startWrite();
+            await settle();
             await catalog.refresh();
             log({ level: 'info', event: 'tracking', message: txn.tracking.map((e) => `${e.action} ${e.schema}.${e.table}`).join(', ') });
             // wal2json's add-tables is fixed for a stream: start again with the new list from here
             if (opts.plugin === 'wal2json') return 'restart';
           }
         }
+        if (message.walEnd > 0n) observe.serverPosition?.(message.walEnd);
         const full = batch.length >= maxBatch || batchVersions >= maxBatchVersions || batchBytes >= maxBatchBytes;
-        if (full || stream.bufferedBytes === 0) await flush({ wait: false });
+        if (full && writing !== null) await settle(); // the store is the slower side: wait for it
+        pump();
       }
     } finally {
+      clearInterval(ask);
       opts.signal?.removeEventListener('abort', abort);
       // a batch being written commits or rolls back whole; let it finish before the connections go
       await settle().catch(() => undefined);

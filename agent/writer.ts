@@ -79,6 +79,25 @@ export class StoreWriter {
     );
   }
 
+  /** The store server's system identifier: the same as the source's when both are one cluster. */
+  async systemIdentifier(): Promise<string> {
+    const res = await this.store.query<{ sysid: string }>(
+      `SELECT system_identifier::text AS sysid FROM pg_catalog.pg_control_system()`,
+    );
+    return res.rows[0]!.sysid;
+  }
+
+  /**
+   * The store server's WAL insert position now.  Read right after a store
+   * commit on a store that shares the source's cluster, it bounds that
+   * commit's own WAL, which the source's walsender then reports like any
+   * other (see the heartbeat rules in agent/run.ts).
+   */
+  async walInsertLsn(): Promise<Lsn> {
+    const res = await this.store.query<{ lsn: string }>(`SELECT pg_catalog.pg_current_wal_insert_lsn()::text AS lsn`);
+    return lsnFromText(res.rows[0]!.lsn);
+  }
+
   /** Where the agent left off, or null before its first checkpoint. */
   async checkpoint(): Promise<Checkpoint | null> {
     const res = await this.store.query<{ lsn: string; ts: Date }>(

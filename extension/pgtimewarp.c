@@ -60,14 +60,22 @@
 #include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
+#include "pgtimewarp.h"
 #include "pgtimewarp_compat.h"
 
 PG_MODULE_MAGIC;
 
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	pgtw_horizon_init();
+}
+
 #define PGTW_EXTENSION_NAME		"pgtimewarp"
 #define PGTW_STORE_SERVER		"pgtimewarp_store"
 #define PGTW_PUBLICATION		"pgtimewarp"
-#define PGTW_MESSAGE_PREFIX		"pgtimewarp"
 
 /* A source table as the store knows it. */
 typedef struct TargetTable
@@ -261,6 +269,7 @@ static void
 store_session_begin(StoreSession *ss)
 {
 	ss->caller_cxt = CurrentMemoryContext;
+	pgtw_note_store_read();
 	GetUserIdAndSecContext(&ss->saved_userid, &ss->saved_sec_context);
 	SetUserIdAndSecContext(extension_owner(),
 						   ss->saved_sec_context |
@@ -690,6 +699,7 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 		t->horizon_ts = Max(t->horizon_ts,
 							DatumGetTimestampTz(spi_value(0, 7, &isnull, ss->caller_cxt)));
 	}
+	pgtw_fresh_horizon(&t->horizon_lsn, &t->horizon_ts);
 	return t;
 }
 
@@ -1262,6 +1272,8 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 		cache->have_at = false;
 	}
 
+	if (!by_lsn)
+		pgtw_await_fresh_history(DatumGetTimestampTz(at));
 	store_session_begin(&ss);
 	if (cache != NULL && cache->tracking != NULL)
 	{
@@ -1421,6 +1433,7 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	tupdesc = RelationGetDescr(rel);
 	key = encode_pk(rel, &target, PG_GETARG_JSONB_P(1));
 
+	pgtw_await_fresh_history(to_ts);
 	store_session_begin(&ss);
 	t = require_tracking(&ss, &target);
 	from_lsn = resolve_time(&ss, &target, t, from_ts);

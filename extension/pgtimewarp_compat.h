@@ -39,4 +39,20 @@ extern void pgtw_init_materialized_srf(FunctionCallInfo fcinfo);
 #define PGTW_NEED_MATERIALIZED_SRF 1
 #endif
 
+/* 17 moved the local transaction id into PGPROC's vxid. */
+#if PG_VERSION_NUM >= 170000
+#define pgtw_current_lxid() (MyProc->vxid.lxid)
+#else
+#define pgtw_current_lxid() (MyProc->lxid)
+#endif
+
+/* 17 gave LogLogicalMessage a flush argument; callers here flush themselves. */
+#if PG_VERSION_NUM >= 170000
+#define pgtw_log_logical_message(prefix, message, size) \
+	LogLogicalMessage((prefix), (message), (size), false, false)
+#else
+#define pgtw_log_logical_message(prefix, message, size) \
+	LogLogicalMessage((prefix), (message), (size), false)
+#endif
+
 #endif							/* PGTIMEWARP_COMPAT_H */

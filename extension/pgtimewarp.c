@@ -99,6 +99,7 @@ typedef struct TargetTable
 typedef struct Tracking
 {
 	char	   *node_id;
+	int32		relation_id;	/* the store's id of this tracked incarnation */
 	XLogRecPtr	from_lsn;
 	TimestampTz from_ts;
 	bool		untracked;
@@ -117,7 +118,7 @@ typedef struct RowVersion
 	XLogRecPtr	to_lsn;			/* InvalidXLogRecPtr while open */
 	TimestampTz from_ts;
 	TimestampTz to_ts;
-	char	   *op;
+	const char *op;
 	Jsonb	   *row_data;		/* NULL for delete and truncate tombstones */
 } RowVersion;
 
@@ -669,7 +670,7 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 	args[2] = CStringGetTextDatum(target->table_name);
 	store_execute("SELECT r.pk_columns, r.tracked_from_lsn, r.tracked_from_ts,"
 				  "       r.untracked_lsn, r.untracked_ts,"
-				  "       c.confirmed_lsn, c.confirmed_ts"
+				  "       c.confirmed_lsn, c.confirmed_ts, r.relation_id"
 				  "  FROM pgtimewarp.tracked_relations r"
 				  "  LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
 				  " WHERE r.node_id = $1 AND r.schema_name = $2 AND r.table_name = $3",
@@ -680,6 +681,7 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 	t = MemoryContextAllocZero(ss->caller_cxt, sizeof(Tracking));
 	t->node_id = MemoryContextStrdup(ss->caller_cxt, node_id);
 	t->pk_columns = DatumGetArrayTypeP(spi_value(0, 1, &isnull, ss->caller_cxt));
+	t->relation_id = DatumGetInt32(spi_value(0, 8, &isnull, ss->caller_cxt));
 	t->from_lsn = DatumGetLSN(spi_value(0, 2, &isnull, ss->caller_cxt));
 	t->from_ts = DatumGetTimestampTz(spi_value(0, 3, &isnull, ss->caller_cxt));
 	d = spi_value(0, 4, &isnull, ss->caller_cxt);
@@ -870,10 +872,33 @@ resolve_time(StoreSession *ss, TargetTable *target, Tracking *t, TimestampTz ts)
  * ----------------------------------------------------------------
  */
 
-#define VERSION_COLUMNS \
-	"valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data"
-#define VERSION_KEY_MATCHES \
-	"node_id = $1 AND schema_name = $2 AND table_name = $3 AND pk = $4"
+/*
+ * The store keeps versions append-only (migrations/2_compact_versions.sql):
+ * a version ends where the key's next version begins.
+ */
+#define VERSION_COLUMNS "valid_from_lsn, valid_from_ts, op, row_data"
+#define VERSION_KEY_MATCHES "relation_id = $1 AND pk = $2"
+
+/* The name of a stored op code. */
+static const char *
+op_name(char code)
+{
+	switch (code)
+	{
+		case 'b':
+			return "baseline";
+		case 'i':
+			return "insert";
+		case 'u':
+			return "update";
+		case 'd':
+			return "delete";
+		case 't':
+			return "truncate";
+	}
+	elog(ERROR, "unknown op code \"%c\" in the pgtimewarp store", code);
+	return NULL;				/* keep compiler quiet */
+}
 
 static void
 version_from_spi(int row, RowVersion *v, MemoryContext cxt)
@@ -882,28 +907,23 @@ version_from_spi(int row, RowVersion *v, MemoryContext cxt)
 	Datum		d;
 
 	v->from_lsn = DatumGetLSN(spi_value(row, 1, &isnull, cxt));
-	d = spi_value(row, 2, &isnull, cxt);
-	v->to_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
-	v->from_ts = DatumGetTimestampTz(spi_value(row, 3, &isnull, cxt));
+	v->from_ts = DatumGetTimestampTz(spi_value(row, 2, &isnull, cxt));
+	v->op = op_name(DatumGetChar(spi_value(row, 3, &isnull, cxt)));
 	d = spi_value(row, 4, &isnull, cxt);
-	v->to_ts = isnull ? 0 : DatumGetTimestampTz(d);
-	v->op = TextDatumGetCString(spi_value(row, 5, &isnull, cxt));
-	d = spi_value(row, 6, &isnull, cxt);
 	v->row_data = isnull ? NULL : DatumGetJsonbP(d);
+	/* the caller knows the end, if it needs it, from the next version */
+	v->to_lsn = InvalidXLogRecPtr;
+	v->to_ts = 0;
 }
 
 static void
 version_query_args(Tracking *t, TargetTable *target, ArrayType *key,
 				   Oid *argtypes, Datum *args)
 {
-	argtypes[0] = TEXTOID;
-	argtypes[1] = TEXTOID;
-	argtypes[2] = TEXTOID;
-	argtypes[3] = TEXTARRAYOID;
-	args[0] = CStringGetTextDatum(t->node_id);
-	args[1] = CStringGetTextDatum(target->schema_name);
-	args[2] = CStringGetTextDatum(target->table_name);
-	args[3] = PointerGetDatum(key);
+	argtypes[0] = INT4OID;
+	argtypes[1] = TEXTARRAYOID;
+	args[0] = Int32GetDatum(t->relation_id);
+	args[1] = PointerGetDatum(key);
 }
 
 /*
@@ -914,16 +934,40 @@ static bool
 fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
 				 ArrayType *key, XLogRecPtr lsn, RowVersion *v)
 {
-	Oid			argtypes[5];
-	Datum		args[5];
+	Oid			argtypes[3];
+	Datum		args[3];
 
 	version_query_args(t, target, key, argtypes, args);
-	argtypes[4] = LSNOID;
-	args[4] = LSNGetDatum(lsn);
+	argtypes[2] = LSNOID;
+	args[2] = LSNGetDatum(lsn);
 	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
-				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $5"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $3"
 				  " ORDER BY valid_from_lsn DESC LIMIT 1",
-				  5, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+				  3, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return false;
+	version_from_spi(0, v, ss->caller_cxt);
+	return true;
+}
+
+/*
+ * The first version of `key` that began after `lsn` (one index probe), or
+ * false when there is none: where the version current at `lsn` ends.
+ */
+static bool
+fetch_version_after(StoreSession *ss, Tracking *t, TargetTable *target,
+					ArrayType *key, XLogRecPtr lsn, RowVersion *v)
+{
+	Oid			argtypes[3];
+	Datum		args[3];
+
+	version_query_args(t, target, key, argtypes, args);
+	argtypes[2] = LSNOID;
+	args[2] = LSNGetDatum(lsn);
+	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $3"
+				  " ORDER BY valid_from_lsn LIMIT 1",
+				  3, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	version_from_spi(0, v, ss->caller_cxt);
@@ -937,9 +981,8 @@ row_data_at(StoreSession *ss, Tracking *t, TargetTable *target,
 {
 	RowVersion	v;
 
+	/* the latest version at or before lsn is the one visible there */
 	if (!fetch_version_at(ss, t, target, key, lsn, &v))
-		return NULL;
-	if (v.to_lsn != InvalidXLogRecPtr && v.to_lsn <= lsn)
 		return NULL;
 	return v.row_data;			/* NULL for a tombstone */
 }
@@ -1406,11 +1449,15 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	TimestampTz to_ts;
 	XLogRecPtr	from_lsn;
 	XLogRecPtr	to_lsn;
-	Oid			argtypes[6];
-	Datum		args[6];
+	Oid			argtypes[4];
+	Datum		args[4];
 	RowVersion *versions;
+	RowVersion	first;
 	RowVersion	previous;
+	RowVersion	after;
+	bool		have_first;
 	bool		have_previous;
+	bool		have_after;
 	int			nversions;
 	TupleDesc	tupdesc;
 
@@ -1439,21 +1486,41 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	from_lsn = resolve_time(&ss, &target, t, from_ts);
 	to_lsn = resolve_time(&ss, &target, t, to_ts);
 
-	/* every version that was current at some LSN in [from_lsn, to_lsn] */
+	/*
+	 * Every version that was current at some LSN in [from_lsn, to_lsn]: the
+	 * one current at from_lsn, and those that began after it up to to_lsn.
+	 * Each ends where the next begins; the last where the first version
+	 * after to_lsn begins, if there is one.
+	 */
+	have_first = fetch_version_at(&ss, t, &target, key, from_lsn, &first);
 	version_query_args(t, &target, key, argtypes, args);
-	argtypes[4] = LSNOID;
-	args[4] = LSNGetDatum(from_lsn);
-	argtypes[5] = LSNOID;
-	args[5] = LSNGetDatum(to_lsn);
+	argtypes[2] = LSNOID;
+	args[2] = LSNGetDatum(from_lsn);
+	argtypes[3] = LSNOID;
+	args[3] = LSNGetDatum(to_lsn);
 	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_versions"
-				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $6"
-				  "   AND (valid_to_lsn IS NULL OR valid_to_lsn > $5)"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $3"
+				  "   AND valid_from_lsn <= $4"
 				  " ORDER BY valid_from_lsn",
-				  6, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
-	nversions = (int) SPI_processed;
+				  4, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
+	nversions = (int) SPI_processed + (have_first ? 1 : 0);
 	versions = palloc(sizeof(RowVersion) * Max(nversions, 1));
+	if (have_first)
+		versions[0] = first;
+	for (uint64 row = 0; row < SPI_processed; row++)
+		version_from_spi(row, &versions[row + (have_first ? 1 : 0)], ss.caller_cxt);
+	have_after = nversions > 0 &&
+		fetch_version_after(&ss, t, &target, key, to_lsn, &after);
 	for (int i = 0; i < nversions; i++)
-		version_from_spi(i, &versions[i], ss.caller_cxt);
+	{
+		RowVersion *next = i + 1 < nversions ? &versions[i + 1] : have_after ? &after : NULL;
+
+		if (next != NULL)
+		{
+			versions[i].to_lsn = next->from_lsn;
+			versions[i].to_ts = next->from_ts;
+		}
+	}
 
 	/* the version before the first one, to tell what the first one changed */
 	have_previous = nversions > 0 && versions[0].from_lsn > 0 &&
@@ -1585,15 +1652,15 @@ update_publication(TargetTable *target, bool add)
 
 /* The baseline: every current row as a version valid from `lsn`. */
 static void
-write_baseline(Relation rel, TargetTable *target, const char *node_id,
+write_baseline(Relation rel, TargetTable *target, int32 relation_id,
 			   XLogRecPtr lsn, TimestampTz ts)
 {
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 	StringInfoData sql;
 	StringInfoData names;
 	StringInfoData values;
-	Oid			argtypes[5] = {TEXTOID, TEXTOID, TEXTOID, LSNOID, TIMESTAMPTZOID};
-	Datum		args[5];
+	Oid			argtypes[3] = {INT4OID, LSNOID, TIMESTAMPTZOID};
+	Datum		args[3];
 	int			level;
 
 	initStringInfo(&names);
@@ -1614,26 +1681,23 @@ write_baseline(Relation rel, TargetTable *target, const char *node_id,
 	initStringInfo(&sql);
 	appendStringInfoString(&sql,
 						   "INSERT INTO pgtimewarp.row_versions"
-						   " (node_id, schema_name, table_name, pk, valid_from_lsn,"
-						   "  valid_from_ts, op, row_data)"
-						   " SELECT $1, $2, $3, ARRAY[");
+						   " (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)"
+						   " SELECT $1, ARRAY[");
 	for (int i = 0; i < target->npk; i++)
 		appendStringInfo(&sql, "%spgtimewarp.canonical_key_text(t.%s)", i ? ", " : "",
 						 quote_identifier(target->pk_names[i]));
 	/* jsonb_object(keys, values) takes any number of columns */
 	appendStringInfo(&sql,
-					 "]::text[], $4, $5, 'baseline',"
+					 "]::text[], $2, $3, 'b',"
 					 " jsonb_object(ARRAY[%s]::text[], ARRAY[%s]::text[])"
 					 " FROM ONLY %s AS t",
 					 names.data, values.data, target->display_name);
 
-	args[0] = CStringGetTextDatum(node_id);
-	args[1] = CStringGetTextDatum(target->schema_name);
-	args[2] = CStringGetTextDatum(target->table_name);
-	args[3] = LSNGetDatum(lsn);
-	args[4] = TimestampTzGetDatum(ts);
+	args[0] = Int32GetDatum(relation_id);
+	args[1] = LSNGetDatum(lsn);
+	args[2] = TimestampTzGetDatum(ts);
 	level = canonical_settings_begin();
-	store_execute(sql.data, 5, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+	store_execute(sql.data, 3, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
 	canonical_settings_end(level);
 }
 
@@ -1708,6 +1772,8 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 	Oid			argtypes[9];
 	Datum		args[9];
 	char		sysid[32];
+	int32		relation_id;
+	bool		isnull;
 
 	require_argument(fcinfo, 0, "rel");
 	if (IsolationUsesXactSnapshot())
@@ -1776,11 +1842,16 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 		args[5] = LSNGetDatum(start_lsn);
 		argtypes[6] = TIMESTAMPTZOID;
 		args[6] = TimestampTzGetDatum(start_ts);
+		/* the store numbers each tracked incarnation (relation_id) */
 		store_execute("INSERT INTO pgtimewarp.tracked_relations"
 					  " (node_id, schema_name, table_name, relid, pk_columns,"
 					  "  tracked_from_lsn, tracked_from_ts)"
-					  " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-					  7, argtypes, args, NULL, false, 0, SPI_OK_INSERT);
+					  " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING relation_id",
+					  7, argtypes, args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
+		if (SPI_processed != 1)
+			elog(ERROR, "registering table \"%s\" in the pgtimewarp store returned no relation id",
+				 target.display_name);
+		relation_id = DatumGetInt32(spi_value(0, 1, &isnull, ss.caller_cxt));
 	}
 
 	/*
@@ -1789,7 +1860,7 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 	 * agent, whose concurrent heartbeats would make this REPEATABLE READ
 	 * remote transaction fail to serialize.
 	 */
-	write_baseline(rel, &target, node_id, start_lsn, start_ts);
+	write_baseline(rel, &target, relation_id, start_lsn, start_ts);
 	update_publication(&target, true);
 	warn_if_no_slot(&target);
 	store_session_end(&ss);
@@ -1815,8 +1886,8 @@ pgtimewarp_untrack(PG_FUNCTION_ARGS)
 	Tracking   *existing;
 	XLogRecPtr	stop_lsn;
 	TimestampTz stop_ts;
-	Oid			argtypes[5] = {TEXTOID, TEXTOID, TEXTOID, LSNOID, TIMESTAMPTZOID};
-	Datum		args[5];
+	Oid			argtypes[3] = {INT4OID, LSNOID, TIMESTAMPTZOID};
+	Datum		args[3];
 
 	require_argument(fcinfo, 0, "rel");
 	rel = open_for_tracking(PG_GETARG_OID(0), AccessShareLock, &target);
@@ -1834,15 +1905,13 @@ pgtimewarp_untrack(PG_FUNCTION_ARGS)
 
 	stop_lsn = GetXLogInsertRecPtr();
 	stop_ts = GetCurrentTimestamp();
-	args[0] = CStringGetTextDatum(node_id);
-	args[1] = CStringGetTextDatum(target.schema_name);
-	args[2] = CStringGetTextDatum(target.table_name);
-	args[3] = LSNGetDatum(stop_lsn);
-	args[4] = TimestampTzGetDatum(stop_ts);
+	args[0] = Int32GetDatum(existing->relation_id);
+	args[1] = LSNGetDatum(stop_lsn);
+	args[2] = TimestampTzGetDatum(stop_ts);
 	store_execute("UPDATE pgtimewarp.tracked_relations"
-				  "   SET untracked_lsn = $4, untracked_ts = $5"
-				  " WHERE node_id = $1 AND schema_name = $2 AND table_name = $3",
-				  5, argtypes, args, NULL, false, 0, SPI_OK_UPDATE);
+				  "   SET untracked_lsn = $2, untracked_ts = $3"
+				  " WHERE relation_id = $1",
+				  3, argtypes, args, NULL, false, 0, SPI_OK_UPDATE);
 	update_publication(&target, false);
 	store_session_end(&ss);
 
@@ -1865,8 +1934,8 @@ pgtimewarp_forget(PG_FUNCTION_ARGS)
 	StoreSession ss;
 	char	   *node_id;
 	Tracking   *existing;
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		args[3];
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1];
 	int64		versions;
 
 	require_argument(fcinfo, 0, "rel");
@@ -1889,16 +1958,16 @@ pgtimewarp_forget(PG_FUNCTION_ARGS)
 				 errhint("Stop tracking it first with SELECT pgtimewarp_untrack('%s').",
 						 target.display_name)));
 
-	args[0] = CStringGetTextDatum(node_id);
-	args[1] = CStringGetTextDatum(target.schema_name);
-	args[2] = CStringGetTextDatum(target.table_name);
-	store_execute("DELETE FROM pgtimewarp.row_versions"
-				  " WHERE node_id = $1 AND schema_name = $2 AND table_name = $3",
-				  3, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+	/*
+	 * By relation id: versions the agent may still be writing for this
+	 * incarnation keep an id no other table will ever get.
+	 */
+	args[0] = Int32GetDatum(existing->relation_id);
+	store_execute("DELETE FROM pgtimewarp.row_versions WHERE relation_id = $1",
+				  1, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
 	versions = (int64) SPI_processed;
-	store_execute("DELETE FROM pgtimewarp.tracked_relations"
-				  " WHERE node_id = $1 AND schema_name = $2 AND table_name = $3",
-				  3, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
+	store_execute("DELETE FROM pgtimewarp.tracked_relations WHERE relation_id = $1",
+				  1, argtypes, args, NULL, false, 0, SPI_OK_DELETE);
 	store_session_end(&ss);
 	table_close(rel, NoLock);
 	PG_RETURN_INT64(versions);
@@ -1941,15 +2010,17 @@ pgtimewarp_status(PG_FUNCTION_ARGS)
 	store_session_begin(&ss);
 	args[0] = CStringGetTextDatum(configured_node_id(&ss));
 	store_execute("WITH counts AS ("
-				  "  SELECT schema_name, table_name, count(*) AS n"
-				  "    FROM pgtimewarp.row_versions WHERE node_id = $1"
-				  "   GROUP BY schema_name, table_name)"
+				  "  SELECT v.relation_id, count(*) AS n"
+				  "    FROM pgtimewarp.row_versions v"
+				  "    JOIN pgtimewarp.tracked_relations t ON t.relation_id = v.relation_id"
+				  "   WHERE t.node_id = $1"
+				  "   GROUP BY v.relation_id)"
 				  " SELECT r.schema_name, r.table_name, r.untracked_lsn IS NULL,"
 				  "        r.tracked_from_lsn, r.tracked_from_ts, r.untracked_lsn,"
 				  "        coalesce(n.n, 0), c.confirmed_lsn, c.confirmed_ts,"
 				  "        pg_wal_lsn_diff(pg_current_wal_lsn(), c.confirmed_lsn)"
 				  "   FROM pgtimewarp.tracked_relations r"
-				  "   LEFT JOIN counts n USING (schema_name, table_name)"
+				  "   LEFT JOIN counts n USING (relation_id)"
 				  "   LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
 				  "  WHERE r.node_id = $1"
 				  "  ORDER BY r.schema_name, r.table_name",

@@ -87,7 +87,7 @@ describe('the agent on a backlog of many transactions', () => {
     const store = await cluster().connect('store');
     try {
       const counts = await store.query<{ table_name: string; op: string; n: string }>(
-        `SELECT table_name, op, count(*) AS n FROM pgtimewarp_store.row_versions WHERE node_id = 'batches'
+        `SELECT table_name, op, count(*) AS n FROM pgtimewarp_store.row_history WHERE node_id = 'batches'
           GROUP BY 1, 2 ORDER BY 1, 2`,
       );
       expect(counts.rows).toEqual([
@@ -96,7 +96,7 @@ describe('the agent on a backlog of many transactions', () => {
         { table_name: 'wide', op: 'update', n: String(3 * WIDE_TRANSACTIONS) },
       ]);
       const last = await store.query<{ id: string; body: string }>(
-        `SELECT pk[1] AS id, md5(row_data->>'body') AS body FROM pgtimewarp_store.row_versions
+        `SELECT pk[1] AS id, md5(row_data->>'body') AS body FROM pgtimewarp_store.row_history
           WHERE node_id = 'batches' AND table_name = 'wide' AND valid_to_lsn IS NULL ORDER BY 1`,
       );
       const expected = await source.query<{ id: string; body: string }>(`SELECT id::text, md5(body) AS body FROM wide ORDER BY 1`);

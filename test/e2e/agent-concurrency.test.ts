@@ -686,7 +686,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s under 8 concur
     try {
       rows = (await store.query<{ id: string; from_lsn: string; to_lsn: string | null; op: string }>(
         `SELECT pk[1] AS id, valid_from_lsn::text AS from_lsn, valid_to_lsn::text AS to_lsn, op
-           FROM pgtimewarp_store.row_versions
+           FROM pgtimewarp_store.row_history
           WHERE node_id = $1 AND schema_name = 'public' AND table_name = $2
           ORDER BY pk[1]::int, valid_from_lsn`,
         [timewarp.nodeId, table],

@@ -521,13 +521,13 @@ async function verifyHistory(setup: Setup, model: Workload, rand: Random): Promi
   const stored = await withClient(storeCluster(), setup.storeDb, async (c) => {
     const res = await c.query<{ id: string; from: string; to: string | null; op: string; data: string | null }>(
       `SELECT pk[1] AS id, valid_from_lsn::text AS from, valid_to_lsn::text AS to, op, row_data::text AS data
-         FROM pgtimewarp_store.row_versions
+         FROM pgtimewarp_store.row_history
         WHERE node_id = $1 AND schema_name = 'public' AND table_name = 'items'
         ORDER BY pk[1]::int, valid_from_lsn`,
       [setup.nodeId],
     );
     const unmapped = await c.query<{ n: string }>(
-      `SELECT count(DISTINCT v.valid_from_lsn)::text AS n FROM pgtimewarp_store.row_versions v
+      `SELECT count(DISTINCT v.valid_from_lsn)::text AS n FROM pgtimewarp_store.row_history v
         WHERE v.node_id = $1 AND v.op <> 'baseline'
           AND NOT EXISTS (SELECT 1 FROM pgtimewarp_store.lsn_time_map m WHERE m.node_id = v.node_id AND m.lsn = v.valid_from_lsn)`,
       [setup.nodeId],

@@ -93,11 +93,11 @@ describe('the agent on one transaction of 1,000,000 changes', () => {
       const versions = await store.query<{ op: string; n: string; updated: string; first: number; last: number }>(
         `SELECT op, count(*) AS n, count(*) FILTER (WHERE row_data->>'note' LIKE 'updated %') AS updated,
                 min((pk[1])::int) AS first, max((pk[1])::int) AS last
-           FROM pgtimewarp_store.row_versions WHERE node_id = 'memory' GROUP BY op`,
+           FROM pgtimewarp_store.row_history WHERE node_id = 'memory' GROUP BY op`,
       );
       expect(versions.rows).toEqual([{ op: 'insert', n: String(INSERTS - DELETES), updated: String(UPDATES), first: 1, last: INSERTS - DELETES }]);
       // one commit: every version begins at the same LSN
-      const starts = await store.query(`SELECT DISTINCT valid_from_lsn FROM pgtimewarp_store.row_versions WHERE node_id = 'memory'`);
+      const starts = await store.query(`SELECT DISTINCT valid_from_lsn FROM pgtimewarp_store.row_history WHERE node_id = 'memory'`);
       expect(starts.rowCount).toBe(1);
       const row = await source.query(`SELECT pgtimewarp_asof_pk_lsn('big', '{"id": 299999}', $1::pg_lsn) AS r`, [(await source.query(`SELECT pg_current_wal_lsn() AS l`)).rows[0].l]);
       expect(row.rows[0].r).toEqual({ id: 299999, digest: (await source.query(`SELECT md5('299999') AS d`)).rows[0].d, note: 'updated 299999' });

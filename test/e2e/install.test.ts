@@ -285,7 +285,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
     expect(existsSync(join(configDir, 'config.json'))).toBe(false);
     // only the store database is left, with the history in it
     expect(await footprint(c, sourceDb, storeDb)).toEqual({ ...NOTHING, storeDatabase: '1' });
-    expect(await value(c, `SELECT count(*) FROM pgtimewarp_store.row_versions WHERE table_name = 'accounts'`, storeDb)).toBe('5');
+    expect(await value(c, `SELECT count(*) FROM pgtimewarp_store.row_history WHERE table_name = 'accounts'`, storeDb)).toBe('5');
 
     // nothing left to do, however often it runs (the config file is gone: flags now)
     const again = await cli(['uninstall', '--source', sourceUrl, '--store', storeUrl, '--json'], configDir);

@@ -53,10 +53,12 @@ beforeAll(async () => {
                               (node_id, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts)
                        SELECT $2, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts
                          FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`, [HELD, node]);
-    await store.query(`INSERT INTO pgtimewarp_store.row_versions
-                              (node_id, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data)
-                       SELECT $2, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data
-                         FROM pgtimewarp_store.row_versions WHERE node_id = $1`, [HELD, node]);
+    await store.query(`INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)
+                       SELECT h.relation_id, v.pk, v.valid_from_lsn, v.valid_from_ts, v.op, v.row_data
+                         FROM pgtimewarp_store.row_versions v
+                         JOIN pgtimewarp_store.tracked_relations o ON o.relation_id = v.relation_id AND o.node_id = $1
+                         JOIN pgtimewarp_store.tracked_relations h
+                           ON h.node_id = $2 AND h.schema_name = o.schema_name AND h.table_name = o.table_name`, [HELD, node]);
   }
   tracked = await new StoreWriter(store, HELD, 'pgtimewarp').trackedTables();
 });
@@ -181,7 +183,7 @@ describe('a spilled transaction, and a batch of transactions', () => {
     const versions = async (node: string): Promise<string[]> => {
       const res = await store.query<{ v: string }>(
         `SELECT format('%s %s %s..%s %s', pk, op, valid_from_lsn, valid_to_lsn, row_data) AS v
-           FROM pgtimewarp_store.row_versions WHERE node_id = $1
+           FROM pgtimewarp_store.row_history WHERE node_id = $1
           ORDER BY pk, valid_from_lsn`,
         [node],
       );

@@ -1,9 +1,16 @@
-// The store schema (migrations/) as applied by migrateStore(), and the
-// integrity its constraints guarantee whatever the agent does.
+// The store schema (migrations/) as applied by migrateStore(), the upgrade
+// of a version 1 store that holds history, and the integrity the store's
+// constraints guarantee whatever the agent does.
+
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import pg from 'pg';
+import { migrate } from 'postgres-migrations';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { migrationsDir } from '../../installer/paths.js';
 import { migrateStore } from '../../installer/store.js';
 import { useCluster } from '../support/use-cluster.js';
 
@@ -27,7 +34,7 @@ describe('migrateStore', () => {
   it('creates the store tables in a fresh database, then has nothing left to apply', async () => {
     const url = await createDatabase('store_fresh');
 
-    expect(await migrateStore(url)).toEqual(['1_create_store.sql']);
+    expect(await migrateStore(url)).toEqual(['1_create_store.sql', '2_compact_versions.sql']);
 
     const tables = await cluster().psql(
       `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'pgtimewarp_store'`,
@@ -37,21 +44,76 @@ describe('migrateStore', () => {
 
     expect(await migrateStore(url)).toEqual([]);
   });
+
+  it('upgrades a version 1 store that holds history in place, with the same history', async () => {
+    const url = await createDatabase('store_upgraded');
+    // version 1 alone, as an older install left it
+    const v1 = mkdtempSync(join(tmpdir(), 'pgtimewarp-v1-'));
+    copyFileSync(join(migrationsDir, '1_create_store.sql'), join(v1, '1_create_store.sql'));
+    const client = await cluster().connect('store_upgraded');
+    try {
+      await migrate({ client }, v1);
+      rmSync(v1, { recursive: true });
+      // two nodes, three tables; inserts, updates, a key change, a delete, a
+      // TRUNCATE and a re-insert after it, as the version 1 writer stored them
+      // (each version closed where the key's next one begins)
+      await client.query(`
+        INSERT INTO pgtimewarp_store.nodes (node_id) VALUES ('n1'), ('n2');
+        INSERT INTO pgtimewarp_store.tracked_relations
+               (node_id, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts, untracked_lsn, untracked_ts)
+        VALUES ('n1', 'public', 'accounts', 16400, '{id}', '0/1000', '2024-01-01 00:00+00', NULL, NULL),
+               ('n1', 'sales', 'orders', 16500, '{region,seq}', '0/1000', '2024-01-01 00:00+00', '0/5000', '2024-01-01 00:05+00'),
+               ('n2', 'public', 'accounts', 16400, '{id}', '0/2000', '2024-01-02 00:00+00', NULL, NULL);
+        INSERT INTO pgtimewarp_store.row_versions
+               (node_id, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn, valid_from_ts, valid_to_ts, op, row_data)
+        VALUES ('n1', 'public', 'accounts', '{1}', '0/1000', '0/2000', '2024-01-01 00:00+00', '2024-01-01 00:01+00', 'baseline', '{"id": "1", "b": "10"}'),
+               ('n1', 'public', 'accounts', '{1}', '0/2000', '0/3000', '2024-01-01 00:01+00', '2024-01-01 00:02+00', 'update', '{"id": "1", "b": "20"}'),
+               ('n1', 'public', 'accounts', '{1}', '0/3000', NULL, '2024-01-01 00:02+00', NULL, 'delete', NULL),
+               ('n1', 'public', 'accounts', '{2}', '0/1000', '0/2000', '2024-01-01 00:00+00', '2024-01-01 00:01+00', 'baseline', '{"id": "2", "b": "5"}'),
+               ('n1', 'public', 'accounts', '{2}', '0/2000', NULL, '2024-01-01 00:01+00', NULL, 'delete', NULL),
+               ('n1', 'public', 'accounts', '{3}', '0/2000', NULL, '2024-01-01 00:01+00', NULL, 'insert', '{"id": "3", "b": "7"}'),
+               ('n1', 'sales', 'orders', '{eu,1}', '0/1000', '0/4000', '2024-01-01 00:00+00', '2024-01-01 00:03+00', 'baseline', '{"region": "eu", "seq": "1"}'),
+               ('n1', 'sales', 'orders', '{eu,1}', '0/4000', '0/4800', '2024-01-01 00:03+00', '2024-01-01 00:04+00', 'truncate', NULL),
+               ('n1', 'sales', 'orders', '{eu,1}', '0/4800', NULL, '2024-01-01 00:04+00', NULL, 'insert', '{"region": "eu", "seq": "1"}'),
+               ('n2', 'public', 'accounts', '{1}', '0/2000', NULL, '2024-01-02 00:00+00', NULL, 'baseline', '{"id": "1", "b": "99"}');
+      `);
+      const HISTORY = `SELECT node_id, schema_name, table_name, pk, valid_from_lsn::text, valid_to_lsn::text,
+                              valid_from_ts::text, valid_to_ts::text, op, row_data
+                         FROM pgtimewarp_store.%s ORDER BY node_id, schema_name, table_name, pk, valid_from_lsn`;
+      const before = (await client.query(HISTORY.replace('%s', 'row_versions'))).rows;
+      expect(before).toHaveLength(10);
+
+      expect(await migrateStore(url)).toEqual(['2_compact_versions.sql']);
+
+      // the same history, read through the view that spells it out as version 1 stored it
+      expect((await client.query(HISTORY.replace('%s', 'row_history'))).rows).toEqual(before);
+      // one relation id per tracked table, and a table tracked later gets a new one
+      const ids = (await client.query<{ relation_id: number }>(
+        `SELECT relation_id FROM pgtimewarp_store.tracked_relations ORDER BY relation_id`)).rows.map((r) => r.relation_id);
+      expect(new Set(ids).size).toBe(3);
+      const { rows: next } = await client.query<{ relation_id: number }>(
+        `INSERT INTO pgtimewarp_store.tracked_relations (node_id, schema_name, table_name, pk_columns, tracked_from_lsn, tracked_from_ts)
+         VALUES ('n1', 'public', 'later', '{id}', '0/9000', '2024-01-09 00:00+00') RETURNING relation_id`);
+      expect(next[0]!.relation_id).toBeGreaterThan(Math.max(...ids));
+      // the store's own checks still hold on what was converted
+      const { rows: bad } = await client.query(
+        `SELECT * FROM pgtimewarp_store.row_versions WHERE (op IN ('d', 't')) <> (row_data IS NULL)`);
+      expect(bad).toEqual([]);
+    } finally {
+      await client.end();
+    }
+  });
 });
 
 describe('store constraints', () => {
   let client: pg.Client;
+  let relationId: number;
 
   const version = {
-    node_id: 'n1',
-    schema_name: 'public',
-    table_name: 'accounts',
     pk: ['1'],
     valid_from_lsn: '0/1000',
-    valid_to_lsn: null as string | null,
     valid_from_ts: '2024-01-01 00:00:00+00',
-    valid_to_ts: null as string | null,
-    op: 'baseline',
+    op: 'b',
     row_data: { id: '1', balance: '10' } as Record<string, unknown> | null,
   };
   type Version = typeof version;
@@ -59,14 +121,9 @@ describe('store constraints', () => {
   function insertVersion(overrides: Partial<Version>): Promise<pg.QueryResult> {
     const v = { ...version, ...overrides };
     return client.query(
-      `INSERT INTO pgtimewarp_store.row_versions
-         (node_id, schema_name, table_name, pk, valid_from_lsn, valid_to_lsn,
-          valid_from_ts, valid_to_ts, op, row_data)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-      [
-        v.node_id, v.schema_name, v.table_name, v.pk, v.valid_from_lsn, v.valid_to_lsn,
-        v.valid_from_ts, v.valid_to_ts, v.op, v.row_data === null ? null : JSON.stringify(v.row_data),
-      ],
+      `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)
+       VALUES ($1, $2, $3, $4, $5, $6)`,
+      [relationId, v.pk, v.valid_from_lsn, v.valid_from_ts, v.op, v.row_data === null ? null : JSON.stringify(v.row_data)],
     );
   }
 
@@ -109,77 +166,82 @@ describe('store constraints', () => {
     await migrateStore(await createDatabase('store_constraints'));
     client = await cluster().connect('store_constraints');
     await client.query(`INSERT INTO pgtimewarp_store.nodes (node_id, database_name) VALUES ('n1', 'source')`);
-    await client.query(
+    const { rows } = await client.query<{ relation_id: number }>(
       `INSERT INTO pgtimewarp_store.tracked_relations
          (node_id, schema_name, table_name, pk_columns, tracked_from_lsn, tracked_from_ts)
-       VALUES ('n1', 'public', 'accounts', '{id}', '0/1000', '2024-01-01 00:00:00+00')`,
+       VALUES ('n1', 'public', 'accounts', '{id}', '0/1000', '2024-01-01 00:00:00+00')
+       RETURNING relation_id`,
     );
+    relationId = rows[0]!.relation_id;
   });
 
   afterAll(async () => {
     await client?.end();
   });
 
-  it('accepts a well-formed history: baseline, update, delete tombstone', async () => {
+  it('accepts a well-formed history: baseline, update, delete tombstone, each ending where the next begins', async () => {
     await rolledBack(async () => {
-      await insertVersion({ valid_to_lsn: '0/2000', valid_to_ts: '2024-01-01 00:01:00+00' });
-      await insertVersion({
-        valid_from_lsn: '0/2000', valid_from_ts: '2024-01-01 00:01:00+00',
-        valid_to_lsn: '0/3000', valid_to_ts: '2024-01-01 00:02:00+00',
-        op: 'update', row_data: { id: '1', balance: '20' },
-      });
-      await insertVersion({
-        valid_from_lsn: '0/3000', valid_from_ts: '2024-01-01 00:02:00+00', op: 'delete', row_data: null,
-      });
-      const { rows } = await client.query(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions`);
-      expect(rows[0]).toEqual({ n: 3 });
+      await insertVersion({});
+      await insertVersion({ valid_from_lsn: '0/2000', valid_from_ts: '2024-01-01 00:01:00+00', op: 'u', row_data: { id: '1', balance: '20' } });
+      await insertVersion({ valid_from_lsn: '0/3000', valid_from_ts: '2024-01-01 00:02:00+00', op: 'd', row_data: null });
+      const { rows } = await client.query(
+        `SELECT op, valid_from_lsn::text AS from, valid_to_lsn::text AS to FROM pgtimewarp_store.row_history ORDER BY valid_from_lsn`);
+      expect(rows).toEqual([
+        { op: 'baseline', from: '0/1000', to: '0/2000' },
+        { op: 'update', from: '0/2000', to: '0/3000' },
+        { op: 'delete', from: '0/3000', to: null },
+      ]);
     });
   });
 
-  it('rejects a second open version of one key', async () => {
+  it('rejects two versions of one key at the same valid_from_lsn (a transaction applied twice)', async () => {
     await rolledBack(async () => {
       await insertVersion({});
       await expectRejected(
-        insertVersion({ valid_from_lsn: '0/2000', op: 'update' }),
-        { code: '23505', constraint: 'row_versions_one_open_version' },
-      );
-    });
-  });
-
-  it('rejects a version that ends before it starts, or at its start', async () => {
-    const constraint = await checkConstraintContaining('valid_to_lsn > valid_from_lsn');
-    for (const validTo of ['0/0FFF', '0/1000']) {
-      await rolledBack(async () => {
-        await expectRejected(
-          insertVersion({ valid_to_lsn: validTo, valid_to_ts: '2024-01-01 00:01:00+00' }),
-          { code: '23514', constraint },
-        );
-      });
-    }
-  });
-
-  it('rejects two versions of one key at the same valid_from_lsn', async () => {
-    await rolledBack(async () => {
-      await insertVersion({ valid_to_lsn: '0/2000', valid_to_ts: '2024-01-01 00:01:00+00' });
-      await expectRejected(
-        insertVersion({ op: 'update', row_data: { id: '1', balance: '30' } }),
+        insertVersion({ op: 'u', row_data: { id: '1', balance: '30' } }),
         { code: '23505', constraint: 'row_versions_pkey' },
       );
     });
   });
 
-  it('rejects a delete tombstone that carries row_data', async () => {
+  it('rejects a delete tombstone that carries row_data, and a row without its data', async () => {
     const constraint = await checkConstraintContaining('= (row_data IS NULL)');
     await rolledBack(async () => {
-      await expectRejected(insertVersion({ op: 'delete' }), { code: '23514', constraint });
+      await expectRejected(insertVersion({ op: 'd' }), { code: '23514', constraint });
+    });
+    await rolledBack(async () => {
+      await expectRejected(insertVersion({ op: 'u', row_data: null }), { code: '23514', constraint });
     });
   });
 
-  it('rejects a version for a relation that is not tracked', async () => {
+  it('rejects an op code it does not know', async () => {
+    const constraint = await checkConstraintContaining("'b'::\"char\"");
+    await rolledBack(async () => {
+      await expectRejected(insertVersion({ op: 'x' }), { code: '23514', constraint });
+    });
+  });
+
+  it('deletes a tracked incarnation\'s versions with it, and gives a re-tracked name a new relation id', async () => {
+    await rolledBack(async () => {
+      await insertVersion({});
+      await client.query(`DELETE FROM pgtimewarp_store.tracked_relations WHERE relation_id = $1`, [relationId]);
+      expect((await client.query(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions`)).rows).toEqual([{ n: 0 }]);
+      const { rows } = await client.query<{ relation_id: number }>(
+        `INSERT INTO pgtimewarp_store.tracked_relations
+           (node_id, schema_name, table_name, pk_columns, tracked_from_lsn, tracked_from_ts)
+         VALUES ('n1', 'public', 'accounts', '{id}', '0/5000', '2024-01-05 00:00:00+00') RETURNING relation_id`);
+      expect(rows[0]!.relation_id).not.toBe(relationId);
+    });
+  });
+
+  it('keeps one incarnation per name at a time', async () => {
     await rolledBack(async () => {
       await expectRejected(
-        insertVersion({ table_name: 'not_tracked' }),
-        { code: '23503', constraint: 'row_versions_node_id_schema_name_table_name_fkey' },
+        client.query(
+          `INSERT INTO pgtimewarp_store.tracked_relations
+             (node_id, schema_name, table_name, pk_columns, tracked_from_lsn, tracked_from_ts)
+           VALUES ('n1', 'public', 'accounts', '{id}', '0/5000', '2024-01-05 00:00:00+00')`),
+        { code: '23505', constraint: 'tracked_relations_name_key' },
       );
     });
   });

@@ -104,7 +104,7 @@ async function readBaseline(table: string, b: string): Promise<TableState> {
   }>(
     `SELECT v.pk, v.valid_from_lsn::text, v.valid_to_lsn::text, v.op,
             v.valid_from_ts = r.tracked_from_ts AS same_ts, v.row_data
-       FROM pgtimewarp_store.row_versions v JOIN pgtimewarp_store.tracked_relations r USING (node_id, schema_name, table_name)
+       FROM pgtimewarp_store.row_history v JOIN pgtimewarp_store.tracked_relations r USING (node_id, schema_name, table_name)
       WHERE v.node_id = $1 AND v.schema_name = 'public' AND v.table_name = $2`,
     [timewarp.nodeId, table],
   );
@@ -613,7 +613,7 @@ describe('pgtimewarp_track under concurrent writers', () => {
       const where = `node_id = $1 AND schema_name = 'public' AND table_name = 'items2'`;
       expect(await count(`SELECT count(*)::int AS n FROM pgtimewarp_store.tracked_relations WHERE ${where}`,
         [timewarp.nodeId])).toBe(0);
-      expect(await count(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions WHERE ${where}`,
+      expect(await count(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_history WHERE ${where}`,
         [timewarp.nodeId])).toBe(0);
       expect(await count(`SELECT count(*)::int AS n FROM pgtimewarp_store.lsn_time_map WHERE node_id = $1 AND lsn = $2`,
         [timewarp.nodeId, b])).toBe(0);
@@ -629,7 +629,7 @@ describe('pgtimewarp_track under concurrent writers', () => {
       // Nothing stale blocks a real track afterwards.
       const { rows: again } = await source.query<{ b: string }>(`SELECT pgtimewarp_track('items2')::text AS b`);
       expect(lsnFromText(again[0]!.b) > lsnFromText(b)).toBe(true);
-      expect(await count(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions WHERE ${where}`,
+      expect(await count(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_history WHERE ${where}`,
         [timewarp.nodeId])).toBe(101);
     } finally {
       await source.query('SELECT pg_drop_replication_slot($1)', [slot]);

@@ -107,7 +107,7 @@ describe('StoreWriter', () => {
     expect(times.rows).toEqual([{ t: '2030-01-01 00:01:40.000654' }]);
     const versionTimes = await store.query<{ t: string }>(
       `SELECT to_char(valid_from_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS t
-         FROM pgtimewarp_store.row_versions WHERE valid_from_lsn = $1`,
+         FROM pgtimewarp_store.row_history WHERE valid_from_lsn = $1`,
       [lsnToText(trackedFrom + 200n + COMMIT_RECORD)],
     );
     expect(versionTimes.rows.map((r) => r.t)).toEqual(['2030-01-01 00:03:20.000654', '2030-01-01 00:03:20.000654']);
@@ -139,7 +139,7 @@ describe('StoreWriter', () => {
 
     // 3 existed before the transaction, 8 did not, 9 never existed outside it
     const opsAt400 = await store.query<{ pk: string[]; op: string }>(
-      `SELECT pk, op FROM pgtimewarp_store.row_versions
+      `SELECT pk, op FROM pgtimewarp_store.row_history
         WHERE table_name = 'docs' AND valid_from_lsn = $1 ORDER BY pk`,
       [lsnToText(trackedFrom + 400n + COMMIT_RECORD)],
     );
@@ -151,7 +151,7 @@ describe('StoreWriter', () => {
     ]);
 
     const ops = await store.query<{ op: string; open: boolean }>(
-      `SELECT op, valid_to_lsn IS NULL AS open FROM pgtimewarp_store.row_versions
+      `SELECT op, valid_to_lsn IS NULL AS open FROM pgtimewarp_store.row_history
         WHERE table_name = 'docs' AND pk = '{10}' ORDER BY valid_from_lsn`,
     );
     expect(ops.rows).toEqual([{ op: 'insert', open: false }, { op: 'truncate', open: true }]);
@@ -166,7 +166,7 @@ describe('StoreWriter', () => {
     expect((await writer.checkpoint())?.lsn).toBe(after!.lsn);
     expect(after!.lsn > before!.lsn).toBe(true);
     const count = await store.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions WHERE table_name = 'docs' AND pk = '{5}'`,
+      `SELECT count(*)::int AS n FROM pgtimewarp_store.row_history WHERE table_name = 'docs' AND pk = '{5}'`,
     );
     expect(count.rows[0]?.n).toBe(1);
   });

@@ -8,6 +8,7 @@
 --
 \set ECHO none
 \i ../migrations/1_create_store.sql
+\i ../migrations/2_compact_versions.sql
 \set ECHO all
 
 CREATE EXTENSION pgtimewarp CASCADE;
@@ -60,26 +61,25 @@ LANGUAGE sql AS $$
                                         confirmed_ts = EXCLUDED.confirmed_ts;
 $$;
 
--- A change committed at `lsn`: closes the key's open version and opens a new
--- one (row_data NULL for delete/truncate), as the agent's writer does.
--- Commit times come from the lsn_time_map entry of that LSN.
+-- A change committed at `lsn`: a new version of the key (row_data NULL for
+-- delete/truncate), as the agent's writer appends it; the key's previous
+-- version ends there.  Commit times come from the lsn_time_map entry of that
+-- LSN.
 CREATE PROCEDURE fixture.change(rel regclass, pk text[], lsn pg_lsn, op text, row_data jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
-    s text;
-    t text;
+    id integer;
     ts timestamptz;
 BEGIN
-    SELECT n.nspname, c.relname INTO s, t
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+    SELECT r.relation_id INTO STRICT id
+      FROM pgtimewarp_store.tracked_relations r, pg_class c, pg_namespace n
+     WHERE c.oid = rel AND n.oid = c.relnamespace
+       AND r.node_id = 'regress' AND r.schema_name = n.nspname AND r.table_name = c.relname;
     SELECT commit_ts INTO STRICT ts FROM pgtimewarp_store.lsn_time_map m
      WHERE m.node_id = 'regress' AND m.lsn = change.lsn;
-    UPDATE pgtimewarp_store.row_versions v
-       SET valid_to_lsn = change.lsn, valid_to_ts = ts
-     WHERE v.node_id = 'regress' AND v.schema_name = s AND v.table_name = t
-       AND v.pk = change.pk AND v.valid_to_lsn IS NULL;
-    INSERT INTO pgtimewarp_store.row_versions
-        (node_id, schema_name, table_name, pk, valid_from_lsn, valid_from_ts, op, row_data)
-    VALUES ('regress', s, t, change.pk, change.lsn, ts, op, change.row_data);
+    INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)
+    VALUES (id, change.pk, change.lsn, ts,
+            CASE op WHEN 'baseline' THEN 'b' WHEN 'insert' THEN 'i' WHEN 'update' THEN 'u'
+                    WHEN 'delete' THEN 'd' WHEN 'truncate' THEN 't' END, change.row_data);
 END;
 $$;

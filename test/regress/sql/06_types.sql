@@ -76,10 +76,10 @@ CALL fixture.checkpoint('FFFFFFFF/0', '2999-01-01 00:00+00');
 
 -- What the store holds for one row: the canonical text of every value.
 SELECT jsonb_pretty(row_data)
-  FROM pgtimewarp_store.row_versions
+  FROM pgtimewarp_store.row_history
  WHERE table_name = 'types_t' AND pk = '{1}';
 SELECT pk, row_data
-  FROM pgtimewarp_store.row_versions
+  FROM pgtimewarp_store.row_history
  WHERE table_name = 'types_t' AND pk <> '{1}'
  ORDER BY pk;
 

@@ -26,7 +26,7 @@ SELECT schema_name, table_name, pk_columns, tracked_from_lsn = :'start_lsn' AS f
 -- (generated columns are not in the WAL either, so not in history)
 SELECT pk, op, valid_from_lsn = :'start_lsn' AS from_start, valid_to_lsn,
        row_data - 'big' AS row_data, length(row_data ->> 'big') AS big_length
-  FROM pgtimewarp_store.row_versions WHERE table_name = 'track_t' ORDER BY pk;
+  FROM pgtimewarp_store.row_history WHERE table_name = 'track_t' ORDER BY pk;
 
 -- an as-of lookup right after tracking finds rows that have not changed
 SELECT pgtimewarp_asof_pk_lsn('track_t', '{"id": 3}', :'start_lsn');
@@ -40,7 +40,7 @@ SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = 'pgtimew
 SET client_min_messages = warning;
 SELECT pgtimewarp_track('track_t') = :'start_lsn' AS same_lsn;
 RESET client_min_messages;
-SELECT count(*) FROM pgtimewarp_store.row_versions WHERE table_name = 'track_t';
+SELECT count(*) FROM pgtimewarp_store.row_history WHERE table_name = 'track_t';
 
 -- a rolled-back track leaves nothing behind, in the store or in the WAL
 CREATE TABLE track_rolled_back (id int PRIMARY KEY);

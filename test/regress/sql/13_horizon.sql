@@ -50,7 +50,6 @@ SET pgtimewarp.horizon_wait = -1;
 RESET pgtimewarp.horizon_wait;
 
 DROP TABLE fresh_items;
-DELETE FROM pgtimewarp_store.row_versions WHERE table_name = 'fresh_items';
 DELETE FROM pgtimewarp_store.tracked_relations WHERE table_name = 'fresh_items';
 DELETE FROM pgtimewarp_store.lsn_time_map;
 DELETE FROM pgtimewarp_store.wal_checkpoints;

@@ -103,14 +103,14 @@ export async function asof(opts: AsofOptions): Promise<AsofResult> {
     await store.query('VACUUM ANALYZE');
     await source.query('VACUUM ANALYZE');
 
-    const span = await store.query<{ from_ts: Date; to_ts: Date; from_lsn: string; versions: string }>(
+    const span = await store.query<{ from_ts: Date; to_ts: Date; from_lsn: string; versions: string; relation_id: number }>(
       `SELECT r.tracked_from_ts AS from_ts, (SELECT max(commit_ts) FROM pgtimewarp_store.lsn_time_map WHERE node_id = $1) AS to_ts,
-              r.tracked_from_lsn::text AS from_lsn,
-              (SELECT count(*) FROM pgtimewarp_store.row_versions WHERE node_id = $1) AS versions
+              r.tracked_from_lsn::text AS from_lsn, r.relation_id,
+              (SELECT count(*) FROM pgtimewarp_store.row_versions v WHERE v.relation_id = r.relation_id) AS versions
          FROM pgtimewarp_store.tracked_relations r WHERE r.node_id = $1 AND r.table_name = 'lk'`,
       [NODE],
     );
-    const { from_ts: fromTs, to_ts: toTs, from_lsn: fromLsn } = span.rows[0]!;
+    const { from_ts: fromTs, to_ts: toTs, from_lsn: fromLsn, relation_id: relationId } = span.rows[0]!;
     const versions = Number(span.rows[0]!.versions);
     progress(section, `${versions.toLocaleString('en-US')} versions of ${opts.keys.toLocaleString('en-US')} keys over ` +
       `${((toTs.getTime() - fromTs.getTime()) / 1000).toFixed(1)} s of history`);
@@ -124,7 +124,7 @@ export async function asof(opts: AsofOptions): Promise<AsofResult> {
       store: {
         client: store,
         sql: `SELECT v.row_data AS r FROM pgtimewarp_store.row_versions v
-               WHERE v.node_id = '${NODE}' AND v.schema_name = 'public' AND v.table_name = 'lk' AND v.pk = ARRAY[$1::int::text]
+               WHERE v.relation_id = ${relationId} AND v.pk = ARRAY[$1::int::text]
                  AND v.valid_from_lsn <= greatest($3::pg_lsn,
                        (SELECT m.lsn FROM pgtimewarp_store.lsn_time_map m
                          WHERE m.node_id = '${NODE}' AND m.resolve_ts <= $2::timestamptz
@@ -201,7 +201,7 @@ export async function asof(opts: AsofOptions): Promise<AsofResult> {
                                    ORDER BY m.resolve_ts DESC, m.lsn DESC LIMIT 1)) AS lsn)
               SELECT count(v.row_data) AS n FROM l, generate_series(1, $2::int) k
                CROSS JOIN LATERAL (SELECT row_data FROM pgtimewarp_store.row_versions v
-                                    WHERE v.node_id = '${NODE}' AND v.schema_name = 'public' AND v.table_name = 'lk'
+                                    WHERE v.relation_id = ${relationId}
                                       AND v.pk = ARRAY[k::text] AND v.valid_from_lsn <= l.lsn
                                     ORDER BY v.valid_from_lsn DESC LIMIT 1) v`,
         args: (at) => [at, opts.keys, fromLsn],

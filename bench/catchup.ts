@@ -111,8 +111,9 @@ export async function drainWithAgent(
         progress(section, `${plugin} #${rep + 1}: ${((Date.now() - agent.spawnedAt) / 1000).toFixed(0)} s, applied up to ${last?.lsn ?? '(nothing yet)'}`);
       }
       const res = await store.query<{ lsn: string }>(
-        `SELECT valid_from_lsn::text AS lsn FROM pgtimewarp_store.row_versions
-          WHERE node_id = $1 AND schema_name = 'public' AND table_name = 'ingest' AND pk = ARRAY[$2]`,
+        `SELECT v.valid_from_lsn::text AS lsn FROM pgtimewarp_store.row_versions v
+           JOIN pgtimewarp_store.tracked_relations r ON r.relation_id = v.relation_id
+          WHERE r.node_id = $1 AND r.schema_name = 'public' AND r.table_name = 'ingest' AND v.pk = ARRAY[$2]`,
         [INGEST_NODE, String(SENTINEL_ID)],
       );
       return res.rows[0] === undefined ? undefined : lsnFromText(res.rows[0].lsn);

@@ -27,7 +27,8 @@ export interface StoreSize {
 export async function measureStore(store: pg.Client): Promise<StoreSize> {
   await store.query('VACUUM ANALYZE pgtimewarp_store.row_versions');
   const res = await store.query<{ versions: string; total: string; heap: string; toast: string; indexes: string; map: string }>(
-    `SELECT (SELECT count(*) FROM pgtimewarp_store.row_versions WHERE node_id = $1) AS versions,
+    `SELECT (SELECT count(*) FROM pgtimewarp_store.row_versions v JOIN pgtimewarp_store.tracked_relations r
+               ON r.relation_id = v.relation_id WHERE r.node_id = $1) AS versions,
             pg_total_relation_size('pgtimewarp_store.row_versions') AS total,
             pg_relation_size('pgtimewarp_store.row_versions') AS heap,
             coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0) AS toast,

@@ -6,6 +6,7 @@
 import { Command } from 'commander';
 import pg from 'pg';
 
+import { AgentMetrics } from '../agent/metrics.js';
 import { runAgent, type AgentEvent } from '../agent/run.js';
 import { registerQueryCommands } from './commands.js';
 import { configPath, readConfig, type Plugin } from './config.js';
@@ -61,13 +62,24 @@ program
   .option('--slot <name>', 'logical replication slot, created on first start (default: the config file, else pgtimewarp)')
   .option('--plugin <name>', 'output plugin: pgoutput or wal2json (default: the config file, else pgoutput)')
   .option('--log-format <format>', 'text or json (one object per line)', 'text')
+  .option('--metrics-port <port>', 'serve Prometheus metrics at http://<host>:<port>/metrics (default: none served)')
+  .option('--metrics-host <host>', 'address the metrics are served on (default: 127.0.0.1; 0.0.0.0 for every interface)')
   .addHelpText('after', `
 The agent keeps no state of its own: where it left off is in the store, so
 it can be stopped, killed or moved at any time and resumes exactly there.
 
+Metrics (pgtimewarp_agent_*, plus the process_* and nodejs_* process metrics):
+lag in bytes and in seconds, LSNs, transactions and versions applied, batch
+sizes, store write latency, heartbeats, retries. README.md, "Metrics", lists
+them. A Prometheus scrape config for --metrics-port 9648:
+  scrape_configs: [{job_name: pgtimewarp, static_configs: [{targets: ['127.0.0.1:9648']}]}]
+
 Example:
-  pgtimewarp agent --source postgres://pgtimewarp_agent@db/app --store postgres://pgtimewarp_agent@store/pgtimewarp`)
-  .action(async (opts: { source?: string; store?: string; node?: string; slot?: string; plugin?: string; logFormat: string }) => {
+  pgtimewarp agent --source postgres://pgtimewarp_agent@db/app --store postgres://pgtimewarp_agent@store/pgtimewarp --metrics-port 9648`)
+  .action(async (opts: {
+    source?: string; store?: string; node?: string; slot?: string; plugin?: string; logFormat: string;
+    metricsPort?: string; metricsHost?: string;
+  }) => {
     // the config file's agent URLs are the least-privileged ones install made
     const config = readConfig(configPath());
     const sourceUrl = opts.source ?? process.env['PGTIMEWARP_SOURCE_URL'] ?? config?.agentSourceUrl ?? config?.sourceUrl;
@@ -79,6 +91,9 @@ Example:
     if (!storeUrl) problems.push('no store database: pass --store <url>, set PGTIMEWARP_STORE_URL, or run "pgtimewarp install"');
     if (plugin !== 'pgoutput' && plugin !== 'wal2json') problems.push(`--plugin must be pgoutput or wal2json, not ${plugin}`);
     if (opts.logFormat !== 'text' && opts.logFormat !== 'json') problems.push(`--log-format must be text or json, not ${opts.logFormat}`);
+    const metricsPort = opts.metricsPort === undefined ? undefined : portNumber(opts.metricsPort);
+    if (metricsPort === null) problems.push(`--metrics-port must be a port number from 1 to 65535, not ${opts.metricsPort}`);
+    if (opts.metricsHost !== undefined && opts.metricsPort === undefined) problems.push('--metrics-host needs --metrics-port');
     if (problems.length > 0 || !sourceUrl || !storeUrl) throw new Error(problems.join('; '));
     const nodeId = opts.node ?? process.env['PGTIMEWARP_NODE_ID'] ?? config?.nodeId ?? (await configuredNodeId(sourceUrl));
 
@@ -90,9 +105,26 @@ Example:
         : `${new Date().toISOString()} ${e.level.toUpperCase()} ${e.message}`;
       (e.level === 'info' ? console.log : console.error)(line);
     };
-    await runAgent({ sourceUrl, storeUrl, nodeId, slot, plugin: plugin as Plugin, signal: stop.signal, log });
+    let metrics: AgentMetrics | undefined;
+    if (metricsPort !== undefined && metricsPort !== null) {
+      metrics = new AgentMetrics();
+      const served = await metrics.start(metricsPort, opts.metricsHost ?? '127.0.0.1');
+      log({ level: 'info', event: 'metrics', message: `serving Prometheus metrics at ${served.url}`, url: served.url });
+    }
+    try {
+      await runAgent({ sourceUrl, storeUrl, nodeId, slot, plugin: plugin as Plugin, signal: stop.signal, log, observer: metrics });
+    } finally {
+      await metrics?.close();
+    }
     log({ level: 'info', event: 'stopped', message: 'agent stopped' });
   });
+
+/** A TCP port given on the command line, or null when it is not one (1-65535). */
+function portNumber(text: string): number | null {
+  if (!/^[0-9]+$/.test(text)) return null;
+  const port = Number(text);
+  return port >= 1 && port <= 65_535 ? port : null;
+}
 
 // Each group of commands lives in a module of its own.
 registerInstallCommands(program); // install, uninstall

@@ -76,6 +76,12 @@ Example:
 Lists the tables this role may SELECT. --json prints an array with one
 object per table. For the health of the agent and the slot: pgtimewarp doctor.
 
+The agent's lag: lagBytes is the source's WAL written since the agent's
+confirmed LSN. lagSeconds is 0 when the agent has confirmed all the WAL the
+source has written, else the time since confirmedTs (the last stored commit
+or heartbeat), on the source's clock: an upper bound, since every change not
+yet stored was committed after it.
+
 Example:
   $ pgtimewarp status --source postgresql://admin@db1/app`)
     .action(async (flags: CommonFlags) => {

@@ -6,7 +6,7 @@
 // numeric with 40 digits comes out with 40 digits.  Notices go to stderr
 // as they arrive, and are also listed under "notices".
 
-import { formatBytes, RawJson, renderTable, stringifyJson } from './output.js';
+import { formatBytes, formatDuration, RawJson, renderTable, stringifyJson } from './output.js';
 import type { AsofResult, DiffResult, DiffVersion, StatusResult, TrackResult, UntrackResult } from './query.js';
 
 export function formatTrack(r: TrackResult, json: boolean): string {
@@ -38,10 +38,17 @@ export function formatStatus(r: StatusResult, json: boolean): string {
     lines.push('agent: no checkpoint stored yet, so history is complete only up to where tracking began; ' +
       'is the agent running? (pgtimewarp doctor)');
   } else {
-    const lag = first.lagBytes === null ? '' : `; the source has written ${formatBytes(first.lagBytes)} of WAL since`;
-    lines.push(`agent: history is complete up to ${first.confirmedTs} (LSN ${first.confirmedLsn})${lag}`);
+    const lag: string[] = [];
+    if (first.lagSeconds !== null) lag.push(first.lagSeconds === 0 ? 'lag 0 s (caught up)' : `lag at most ${formatLagSeconds(first.lagSeconds)}`);
+    if (first.lagBytes !== null) lag.push(`the source has written ${formatBytes(first.lagBytes)} of WAL since`);
+    lines.push(`agent: history is complete up to ${first.confirmedTs} (LSN ${first.confirmedLsn})${lag.map((l) => `; ${l}`).join('')}`);
   }
   return lines.join('\n');
+}
+
+/** 0.42 -> "0.4 s", 75 -> "1 min 15 s": tenths while it is under a minute. */
+function formatLagSeconds(seconds: number): string {
+  return seconds < 59.95 ? `${seconds.toFixed(1)} s` : formatDuration(seconds);
 }
 
 export function formatAsof(r: AsofResult, json: boolean): string {

@@ -184,6 +184,14 @@ export interface StatusRow {
   confirmedTs: string | null;
   /** Bytes of WAL the source has written beyond confirmedLsn. */
   lagBytes: number | null;
+  /**
+   * How far behind now history is, in seconds: 0 when confirmedLsn is at
+   * or past the source's current WAL position (everything written is
+   * stored), else the time since confirmedTs, on the source's clock.  An
+   * upper bound: every change not yet stored was committed after
+   * confirmedTs.  Null without a checkpoint.
+   */
+  lagSeconds: number | null;
 }
 
 export interface StatusResult {
@@ -197,10 +205,16 @@ export async function status(opts: SourceOptions = {}): Promise<StatusResult> {
     const res = await s.client.query<{
       schema_name: string; table_name: string; tracking: boolean; tracked_from_lsn: string; tracked_from_ts: string;
       untracked_lsn: string | null; row_versions: string; confirmed_lsn: string | null; confirmed_ts: string | null;
-      lag_bytes: string | null;
+      lag_bytes: string | null; lag_seconds: number | null;
     }>(
+      // lag_seconds as doctor's slot_lag check has it; clock_timestamp() and
+      // the WAL position are read after the function has read the store
       `SELECT schema_name, table_name, tracking, tracked_from_lsn::text, tracked_from_ts::text,
-              untracked_lsn::text, row_versions::text, confirmed_lsn::text, confirmed_ts::text, lag_bytes::text
+              untracked_lsn::text, row_versions::text, confirmed_lsn::text, confirmed_ts::text, lag_bytes::text,
+              CASE WHEN confirmed_lsn IS NULL OR confirmed_ts IS NULL THEN NULL
+                   WHEN confirmed_lsn >= pg_catalog.pg_current_wal_lsn() THEN 0
+                   ELSE greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - confirmed_ts))
+              END::float8 AS lag_seconds
          FROM ${s.fn}.pgtimewarp_status()`,
     );
     const tables = res.rows.map((r): StatusRow => ({
@@ -214,6 +228,7 @@ export async function status(opts: SourceOptions = {}): Promise<StatusResult> {
       confirmedLsn: r.confirmed_lsn,
       confirmedTs: r.confirmed_ts,
       lagBytes: r.lag_bytes === null ? null : Number(r.lag_bytes),
+      lagSeconds: r.lag_seconds,
     }));
     return { tables, notices: s.notices };
   });

@@ -200,12 +200,27 @@ describe('pgtimewarp track, asof, diff, status, untrack', () => {
     expect(text.stdout).toMatch(new RegExp(`^public\\.items +tracking +.+\\(LSN ${trackedLsn}\\) +6$`, 'm'));
     expect(text.stdout).toMatch(/^agent: history is complete up to .+ \(LSN [0-9A-F]+\/[0-9A-F]+\)/m);
 
+    expect(text.stdout).toMatch(/^agent: .+; lag (0 s \(caught up\)|at most [0-9.]+ s); the source has written .+ of WAL since$/m);
+
+    const before = Date.now();
     const json = await cli('status', '--json');
+    const after = Date.now();
     expect(json.code, json.stderr).toBe(0);
     // baseline of 1 and 2, two updates of 1, the delete of 2, the insert of 3
-    expect(JSON.parse(json.stdout)).toEqual([expect.objectContaining({
+    const rows = JSON.parse(json.stdout) as { confirmedTs: string; lagBytes: number; lagSeconds: number }[];
+    expect(rows).toEqual([expect.objectContaining({
       schema: 'public', table: 'items', tracking: true, trackedFromLsn: trackedLsn, untrackedLsn: null, rowVersions: 6,
+      lagBytes: expect.any(Number), lagSeconds: expect.any(Number),
     })]);
+    // the agent is caught up (0), or the lag is the age of confirmedTs at the call (same clock here)
+    const { confirmedTs, lagSeconds } = rows[0]!;
+    if (lagSeconds !== 0) {
+      const confirmedMs = Date.parse(confirmedTs.replace(' ', 'T').replace(/\+00$/, 'Z'));
+      expect(lagSeconds).toBeGreaterThanOrEqual((before - confirmedMs) / 1000 - 0.05);
+      expect(lagSeconds).toBeLessThanOrEqual((after - confirmedMs) / 1000 + 0.05);
+    }
+    // the workload was stored a while ago and heartbeats follow: at most a few seconds behind
+    expect(lagSeconds).toBeLessThan(30);
   });
 
   it('a wrong key or an untracked table: PostgreSQL\'s error with DETAIL and HINT, exit 1', async () => {

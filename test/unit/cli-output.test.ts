@@ -7,8 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { grade, parsePluginList, type DoctorReport } from '../../installer/doctor-checks.js';
 import { formatDoctorReport } from '../../installer/doctor.js';
 import { formatBytes, formatDuration, formatNotice, RawJson, stringifyJson } from '../../installer/output.js';
-import { formatAsof, formatDiff } from '../../installer/query-format.js';
-import type { DiffResult } from '../../installer/query.js';
+import { formatAsof, formatDiff, formatStatus } from '../../installer/query-format.js';
+import type { DiffResult, StatusRow } from '../../installer/query.js';
 
 const table = { display: 'public.accounts', schema: 'public', name: 'accounts' };
 
@@ -81,6 +81,27 @@ describe('asof and diff wording', () => {
       '      id: 42',
     ].join('\n'));
     expect(formatDiff({ ...result, versions: [] }, false)).toBe('public.accounts {"id": 42} from F to T: no version of this row in that time');
+  });
+});
+
+describe('status wording', () => {
+  const row: StatusRow = {
+    schema: 'public', table: 'accounts', tracking: true, trackedFromLsn: '0/1A2B3C4', trackedFromTs: '2026-11-20 08:00:00+00',
+    untrackedLsn: null, rowVersions: 42, confirmedLsn: '0/2000000', confirmedTs: '2026-11-20 09:00:00+00', lagBytes: 1536, lagSeconds: 3.24,
+  };
+
+  it('the lag in seconds and in bytes, "caught up" at 0; minutes past a minute', () => {
+    expect(formatStatus({ tables: [row], notices: [] }, false).split('\n').at(-1)).toBe(
+      'agent: history is complete up to 2026-11-20 09:00:00+00 (LSN 0/2000000); lag at most 3.2 s; the source has written 1.5 kB of WAL since',
+    );
+    expect(formatStatus({ tables: [{ ...row, lagBytes: 0, lagSeconds: 0 }], notices: [] }, false)).toMatch(
+      /; lag 0 s \(caught up\); the source has written 0 bytes of WAL since$/,
+    );
+    expect(formatStatus({ tables: [{ ...row, lagSeconds: 75 }], notices: [] }, false)).toMatch(/; lag at most 1 min 15 s; /);
+  });
+
+  it('--json carries lagSeconds with lagBytes', () => {
+    expect(JSON.parse(formatStatus({ tables: [row], notices: [] }, true))).toEqual([expect.objectContaining({ lagBytes: 1536, lagSeconds: 3.24 })]);
   });
 });
 

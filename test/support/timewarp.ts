@@ -15,6 +15,12 @@ export interface TimewarpOptions {
   storeDb?: string;
   /** Node id passed to pgtimewarp_configure(). Default "e2e". */
   nodeId?: string;
+  /**
+   * The cluster that holds the store database, as on a real host with the
+   * store elsewhere: the source's WAL then carries none of the store's
+   * writes.  Default: the source's cluster.
+   */
+  storeCluster?: Cluster;
 }
 
 export interface Timewarp {
@@ -36,7 +42,8 @@ function literal(value: string): string {
 }
 
 /**
- * Create the source and store databases on `cluster`, migrate the store,
+ * Create the source database on `cluster` and the store database on
+ * opts.storeCluster (default the same cluster), migrate the store,
  * and install and configure the extension in the source.  The foreign
  * server reaches the store over the cluster's unix socket; the user mapping
  * is the superuser's, which owns the extension.
@@ -45,12 +52,13 @@ export async function setupTimewarp(cluster: Cluster, opts: TimewarpOptions = {}
   const sourceDb = opts.sourceDb ?? 'source';
   const storeDb = opts.storeDb ?? 'store';
   const nodeId = opts.nodeId ?? 'e2e';
+  const storeCluster = opts.storeCluster ?? cluster;
 
   // CREATE DATABASE cannot run inside a transaction block: one psql call each.
   await cluster.psql(`CREATE DATABASE ${ident(sourceDb)}`);
-  await cluster.psql(`CREATE DATABASE ${ident(storeDb)}`);
+  await storeCluster.psql(`CREATE DATABASE ${ident(storeDb)}`);
   const sourceUrl = cluster.url(sourceDb);
-  const storeUrl = cluster.url(storeDb);
+  const storeUrl = storeCluster.url(storeDb);
   await migrateStore(storeUrl);
 
   const source = await cluster.connect(sourceDb);
@@ -58,8 +66,8 @@ export async function setupTimewarp(cluster: Cluster, opts: TimewarpOptions = {}
     await source.query('CREATE EXTENSION pgtimewarp CASCADE');
     // ALTER SERVER takes no parameters: the options are literals.
     await source.query(
-      `ALTER SERVER pgtimewarp_store OPTIONS (ADD host ${literal(cluster.socketDir)}, ` +
-        `ADD port ${literal(String(cluster.port))}, ADD dbname ${literal(storeDb)})`,
+      `ALTER SERVER pgtimewarp_store OPTIONS (ADD host ${literal(storeCluster.socketDir)}, ` +
+        `ADD port ${literal(String(storeCluster.port))}, ADD dbname ${literal(storeDb)})`,
     );
     await source.query('CREATE USER MAPPING FOR CURRENT_USER SERVER pgtimewarp_store');
     await source.query('SELECT pgtimewarp_configure($1)', [nodeId]);

@@ -21,6 +21,9 @@ import { StoreWriteError, StoreWriter, type Checkpoint } from './writer.js';
 
 export const PUBLICATION = 'pgtimewarp';
 
+/** The longest a running agent goes without a heartbeat while the source writes WAL, ms. */
+export const LIVENESS_HEARTBEAT_MS = 30_000;
+
 export interface AgentOptions {
   sourceUrl: string;
   storeUrl: string;
@@ -54,8 +57,8 @@ export interface AgentOptions {
    * Least time between heartbeats, ms, and how often a quiet stream asks
    * the server how far it has sent.  Default 1000: the store knows within
    * about a second how far history is complete.  A heartbeat is one small
-   * store transaction, and none is written for WAL that is only the
-   * agent's own store commits (see runSession).
+   * store transaction, and WAL that is only the agent's own store commits
+   * gets one only every LIVENESS_HEARTBEAT_MS (see runSession).
    */
   heartbeatIntervalMs?: number;
   /** How often the health checks run (slot WAL retention, tracked tables), ms.  Default 10 heartbeat intervals. */
@@ -236,14 +239,18 @@ async function runSession(
     // a checkpoint at that position with the server's time, so that a
     // quiet source's slot does not pin WAL and a time just past the last
     // commit resolves without a warning.  Heartbeats are at most one per
-    // heartbeatIntervalMs, and none for WAL that is only the agent's own
-    // store commits (a store on the source's cluster would otherwise feed
-    // itself), except when asked for: pgtimewarp's non-transactional
+    // heartbeatIntervalMs, and for WAL that is only the agent's own store
+    // commits (a store on the source's cluster would otherwise feed itself)
+    // only every LIVENESS_HEARTBEAT_MS, except when asked for: pgtimewarp's non-transactional
     // message (the extension's horizon request) is answered at once.
     let horizon = null as { lsn: Lsn; time: Date; requested: boolean } | null;
-    const heartbeatDue = (h: { lsn: Lsn; requested: boolean }): boolean =>
-      h.requested ||
-      (Date.now() - lastHeartbeat >= heartbeatInterval && !(sameCluster && h.lsn <= ownWalEnd));
+    const heartbeatDue = (h: { lsn: Lsn; requested: boolean }): boolean => {
+      const since = Date.now() - lastHeartbeat;
+      // Even WAL that is only our own gets a heartbeat now and then, so that
+      // the checkpoint's age tells that the agent is alive (doctor).
+      return h.requested || since >= LIVENESS_HEARTBEAT_MS ||
+        (since >= heartbeatInterval && !(sameCluster && h.lsn <= ownWalEnd));
+    };
     const startHeartbeat = (h: { lsn: Lsn; time: Date }): void => {
       horizon = null;
       const started = performance.now();

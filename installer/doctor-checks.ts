@@ -54,7 +54,7 @@ export interface DoctorThresholds {
   lagErrorBytes: number;
   lagWarnSeconds: number;
   lagErrorSeconds: number;
-  /** The agent heartbeats every 10 s when there is WAL to confirm: six missed ones. */
+  /** A running agent stores progress at least every 30 s while there is WAL to confirm (LIVENESS_HEARTBEAT_MS): two missed ones. */
   heartbeatWarnSeconds: number;
   /** As the agent's own wal_at_risk health event. */
   safeWalWarnBytes: number;
@@ -675,7 +675,7 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
           }
           add({
             check: 'heartbeat', status: active ? 'warning' : 'error', figures,
-            message: `the agent last stored progress ${formatDuration(age)} ago, while the source has written WAL since (it heartbeats every 10 s when idle)`,
+            message: `the agent last stored progress ${formatDuration(age)} ago, while the source has written WAL since (a running agent stores progress at least every 30 s while the source writes WAL)`,
             meaning: active ? 'The agent is connected but not storing progress: it may be stuck on a large transaction, retrying a store error, or blocked on the store.'
               : 'The agent is not running: nothing is recorded.',
             fix: active ? 'See the agent\'s log and the health events below.' : agentFix,

@@ -67,7 +67,7 @@ Checks: wal_level; output_plugin_libraries allows the slot's plugin; the
 pgtimewarp extension and its node id; the store; the extension reaches the
 store (postgres_fdw); the slot exists and the agent reads it; WAL retention
 (wal_status, safe_wal_size); slot lag in bytes and in time; the agent's
-heartbeat (every 10 s when idle; a warning after ${DEFAULT_THRESHOLDS.heartbeatWarnSeconds} s, an error when
+heartbeat (at least every 30 s while the source writes WAL; a warning after ${DEFAULT_THRESHOLDS.heartbeatWarnSeconds} s, an error when
 the slot is inactive too); the store's checkpoint against the slot and the
 WAL; tracked tables dropped, renamed or without their primary key; the
 publication (pgoutput); the agent's health events of the last ${DEFAULT_THRESHOLDS.healthEventsHours} h.

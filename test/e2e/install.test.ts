@@ -243,7 +243,9 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
     expect(await value(c, `SELECT string_agg(rolpassword, ' ' ORDER BY rolname) FROM pg_authid WHERE rolname LIKE 'pgtimewarp%'`)).toBe(passwords);
     expect(await value(c, `SELECT slot_name FROM pg_replication_slots`)).toBe(slot.split(' ')[0]);
     expect(await value(c, `SELECT count(*) FROM pg_replication_slots`)).toBe('1');
-    expect(await value(c, `SELECT extversion FROM pg_extension WHERE extname = 'pgtimewarp'`, sourceDb)).toBe('0.1');
+    // the version the control file names (extension/pgtimewarp.control), the one place it lives
+    expect(await value(c, `SELECT extversion FROM pg_extension WHERE extname = 'pgtimewarp'`, sourceDb))
+      .toBe(await value(c, `SELECT default_version FROM pg_available_extensions WHERE name = 'pgtimewarp'`, sourceDb));
   });
 
   it('a rerun puts back exactly what went missing', async () => {

@@ -21,7 +21,11 @@
 // versions are made from it in SQL, the same way, then everything commits
 // together with the checkpoint as for any transaction.
 
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
 import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
 
 import type { AssembledTransaction, SpillOp, TrackedTable, VersionOp, VersionWrite } from './assemble.js';
 import { lsnFromText, lsnToText, type Lsn } from './decode.js';
@@ -390,17 +394,24 @@ export class StoreWriter {
         latest.set(versionKey(v.schema, v.table, v.pk), { rowData: row.d });
       }
     });
-    if (rows.length > 0) {
-      await this.store.query(
-        `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)
-         SELECT x.r, x.k, x.l, x.t, x.o, x.d
-           FROM jsonb_to_recordset($1::jsonb) AS x(r integer, k text[], l pg_lsn, t timestamptz, o "char", d jsonb)`,
-        [JSON.stringify(rows)],
-      );
-    }
+    if (rows.length > 0) await this.copyVersions(rows);
     const last = group[group.length - 1]!;
     await this.endTruncated(last, commits[commits.length - 1]!, relations);
     await this.recordCommits(commits);
+  }
+
+  /**
+   * Append versions with COPY (text format): the store parses each field
+   * once and inserts the rows in bulk, where an INSERT ... SELECT from one
+   * JSON document parsed the document, then every field again.
+   */
+  private async copyVersions(rows: VersionRow[]): Promise<void> {
+    const lines = rows.map((x) =>
+      `${x.l}\t${x.t}\t${x.r}\t${x.o}\t${copyText(arrayLiteral(x.k))}\t${x.d === null ? '\\N' : copyText(JSON.stringify(x.d))}\n`);
+    const copy = this.store.query(copyFrom(
+      'COPY pgtimewarp_store.row_versions (valid_from_lsn, valid_from_ts, relation_id, op, pk, row_data) FROM STDIN',
+    ));
+    await pipeline(Readable.from(chunked(lines)), copy);
   }
 
   /**
@@ -573,6 +584,30 @@ const OP_CODES: Record<VersionOp, OpCode> = { insert: 'i', update: 'u', delete: 
 /** A key's latest version while a group is written: from the store, then from the group. */
 interface Latest {
   rowData: Record<string, string | null> | null;
+}
+
+/** A text value as a field of COPY's text format. */
+function copyText(value: string): string {
+  return value.replace(/[\\\n\r\t]/g, (c) => COPY_ESCAPES[c]!);
+}
+const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/** A text[] literal, every element quoted. */
+function arrayLiteral(elements: string[]): string {
+  return `{${elements.map((e) => `"${e.replace(/["\\]/g, (c) => `\\${c}`)}"`).join(',')}}`;
+}
+
+/** Lines joined into chunks of about 256 kB, so the stream writes few, large buffers. */
+function* chunked(lines: string[]): Generator<string> {
+  let chunk = '';
+  for (const line of lines) {
+    chunk += line;
+    if (chunk.length >= 256 * 1024) {
+      yield chunk;
+      chunk = '';
+    }
+  }
+  if (chunk.length > 0) yield chunk;
 }
 
 /** Relation id by tableKey(schema, table). */

@@ -7,7 +7,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { TransactionAssembler, type AssembledTransaction, type Catalog } from '../../agent/assemble.js';
-import { UNCHANGED_TOAST, lsnFromText, lsnToText, type ColumnValue, type DecodedMessage, type Lsn } from '../../agent/decode.js';
+import { UNCHANGED_TOAST, lsnFromText, lsnToText, type ColumnValue, type DecodedMessage, type Lsn, type RelationInfo } from '../../agent/decode.js';
 import { StoreWriter } from '../../agent/writer.js';
 import { docs } from '../support/docs-relation.js';
 import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
@@ -180,6 +180,36 @@ describe('StoreWriter', () => {
     await expect(writer.apply([orphan])).rejects.toThrow(/cannot carry the unchanged value of public.docs.body/);
     expect((await writer.checkpoint())?.lsn).toBe(before!.lsn);
     expect(await asof(6, 600n)).toBeNull();
+  });
+
+  it('stores keys and values with every character COPY and array literals escape, exactly', async () => {
+    const { source } = timewarp;
+    await source.query(`CREATE TABLE notes (k text PRIMARY KEY, v text)`);
+    const from = lsnFromText((await source.query<{ b: string }>(`SELECT pgtimewarp_track('notes')::text AS b`)).rows[0]!.b);
+    const tables = await writer.trackedTables();
+    const notes: RelationInfo = {
+      oid: 0, schema: 'public', table: 'notes',
+      columns: [{ name: 'k', typeOid: 25, isKey: true }, { name: 'v', typeOid: 25, isKey: false }],
+    };
+    const own = new TransactionAssembler({
+      tracked: (schema, table) => tables.find((t) => t.schema === schema && t.table === table),
+      baseType: (oid) => oid,
+    });
+    const nasty = ['tab\there', 'new\nline', 'cr\rx', 'back\\slash', '\\N', 'end\\', '"quoted"', '{braces},comma', 'NULL', '', '日本語 🎉 é'];
+    const commitLsn = from + 1000n;
+    const commitTime = new Date(Date.UTC(2030, 0, 2));
+    const commitTimeMicros = BigInt(commitTime.getTime()) * 1000n;
+    own.push({ type: 'begin', xid: 9001, finalLsn: commitLsn, commitTime, commitTimeMicros });
+    nasty.forEach((k, i) => own.push({ type: 'insert', relation: notes, newRow: row({ k, v: i % 2 === 0 ? `${k} ${k}` : null }) }));
+    const done = own.push({ type: 'commit', commitLsn, endLsn: commitLsn + COMMIT_RECORD, commitTime, commitTimeMicros });
+    await writer.apply([done!]);
+    const stored = await store.query<{ pk: string[]; row_data: Record<string, string | null> }>(
+      `SELECT pk, row_data FROM pgtimewarp_store.row_history WHERE table_name = 'notes' AND op = 'insert'`,
+    );
+    const byKey = (a: { pk: string[] }, b: { pk: string[] }): number => (a.pk[0]! < b.pk[0]! ? -1 : a.pk[0]! > b.pk[0]! ? 1 : 0);
+    expect(stored.rows.sort(byKey)).toEqual(
+      nasty.map((k, i) => ({ pk: [k], row_data: { k, v: i % 2 === 0 ? `${k} ${k}` : null } })).sort(byKey),
+    );
   });
 
   it('records heartbeats so idle time resolves, and never moves the checkpoint back', async () => {

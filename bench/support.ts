@@ -205,6 +205,16 @@ export async function walsenderPid(client: pg.Client, slot: string): Promise<num
   return res.rows[0]?.pid ?? undefined;
 }
 
+/**
+ * Let the connection's queries fail, rather than the benchmark, when its
+ * server goes away (a backend crash restarts them all): node-postgres
+ * raises an 'error' event on an idle client, fatal without a listener.
+ */
+export function failQueriesOnly<T extends pg.Client>(client: T): T {
+  client.on('error', () => {});
+  return client;
+}
+
 /** A server program of the PostgreSQL the clusters run (pg_recvlogical, pgbench, postgres). */
 export function pgProgram(name: string): string {
   return join(pgBinDir(), name);
@@ -278,6 +288,47 @@ export async function recvlogical(
   }
 }
 
+/** What one pgbench run reported. */
+export interface PgbenchRun {
+  /** TPS excluding connection time; NaN when pgbench printed none. */
+  tps: number;
+  /** Transactions it completed. */
+  transactions: number;
+  /** Clients that pgbench gave up on after an error (it goes on with the others and exits with 2). */
+  abortedClients: number;
+  /** The first error a client was aborted with, with its DETAIL line; undefined when none was. */
+  abortError?: string;
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Run pgbench (`-n`, no vacuum first) with `args` (its script, clients,
+ * duration, ...) against `db`; never rejects on a non-zero exit: the
+ * caller decides what an aborted client means.
+ */
+export async function runPgbench(cluster: Cluster, db: string, args: string[]): Promise<PgbenchRun> {
+  const result = await runCommand(
+    pgProgram('pgbench'),
+    ['-n', ...args, '-h', cluster.host, '-p', String(cluster.port), '-U', cluster.superuser, db],
+    cleanEnv(),
+  );
+  const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(result.stdout);
+  const transactions = /number of transactions actually processed: (\d+)/.exec(result.stdout);
+  const aborted = result.stderr.match(/client \d+ script \d+ aborted/g) ?? [];
+  const abortError = /aborted in command \d+ query \d+: (ERROR: .*)(?:\n(DETAIL: .*))?/.exec(result.stderr);
+  return {
+    tps: tps === null ? Number.NaN : Number(tps[1]),
+    transactions: transactions === null ? 0 : Number(transactions[1]),
+    abortedClients: aborted.length,
+    abortError: abortError === null ? undefined : [abortError[1], abortError[2]].filter(Boolean).join(' ').replace(/\s+/g, ' '),
+    code: result.code,
+    stdout: result.stdout,
+    stderr: result.stderr,
+  };
+}
+
 /** Run pgbench with a script file; returns the TPS it reports (excluding connection time) and its transactions. */
 export async function pgbench(
   cluster: Cluster,
@@ -285,19 +336,30 @@ export async function pgbench(
   script: string,
   opts: { clients: number; threads: number; seconds: number },
 ): Promise<{ tps: number; transactions: number }> {
+  const run = await runPgbench(cluster, db,
+    ['-M', 'prepared', '-c', String(opts.clients), '-j', String(opts.threads), '-T', String(opts.seconds), '-f', script]);
+  if (run.code !== 0 || !Number.isFinite(run.tps)) {
+    throw new Error(`pgbench failed (exit ${run.code}):\n${run.stderr.trim()}\n${run.stdout.trim()}`);
+  }
+  return { tps: run.tps, transactions: run.transactions };
+}
+
+/** pgbench -i -s `scale` in `db`: its four tables, with primary keys, vacuumed. */
+export async function pgbenchInit(cluster: Cluster, db: string, scale: number): Promise<void> {
   const result = await runCommand(
     pgProgram('pgbench'),
-    ['-n', '-M', 'prepared', '-c', String(opts.clients), '-j', String(opts.threads), '-T', String(opts.seconds),
-      '-f', script, '-h', cluster.host, '-p', String(cluster.port), '-U', cluster.superuser, db],
+    ['-i', '-q', '-s', String(scale), '-h', cluster.host, '-p', String(cluster.port), '-U', cluster.superuser, db],
     cleanEnv(),
   );
-  const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(result.stdout);
-  const transactions = /number of transactions actually processed: (\d+)/.exec(result.stdout);
-  if (result.code !== 0 || tps === null || transactions === null) {
-    throw new Error(`pgbench failed (exit ${result.code}):\n${result.stderr.trim()}\n${result.stdout.trim()}`);
-  }
-  return { tps: Number(tps[1]), transactions: Number(transactions[1]) };
+  if (result.code !== 0) throw new Error(`pgbench -i failed (exit ${result.code}):\n${result.stderr.trim()}`);
 }
+
+/** The tables of pgbench's TPC-B with their primary key column (pgbench_history has none). */
+export const TPCB_TABLES: ReadonlyArray<{ table: string; key: string }> = [
+  { table: 'pgbench_accounts', key: 'aid' },
+  { table: 'pgbench_branches', key: 'bid' },
+  { table: 'pgbench_tellers', key: 'tid' },
+];
 
 /** The machine the figures were measured on. */
 export interface Machine {
@@ -328,13 +390,14 @@ export const PERIODS_INSTALL = `apt-get install -y ${PERIODS_PACKAGE}`;
  * Version `table` with periods (created here in the database): a
  * SYSTEM_TIME period on columns system_time_start and system_time_end
  * (added when missing), the history table `<table>_history`, and an index
- * on it for as-of lookups by id, as a user of periods would make.
+ * on it for as-of lookups by `key` (default id), as a user of periods
+ * would make.
  */
-export async function versionWithPeriods(db: pg.Client, table: string): Promise<void> {
+export async function versionWithPeriods(db: pg.Client, table: string, key = 'id'): Promise<void> {
   await db.query('CREATE EXTENSION IF NOT EXISTS periods CASCADE');
   await db.query(`SELECT periods.add_system_time_period($1)`, [table]);
   await db.query(`SELECT periods.add_system_versioning($1)`, [table]);
-  await db.query(`CREATE INDEX ON ${table}_history (id, system_time_start)`);
+  await db.query(`CREATE INDEX ON ${table}_history (${key}, system_time_start)`);
 }
 
 /** Whether the `periods` extension is installed in the PostgreSQL the clusters run. */

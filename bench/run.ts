@@ -13,11 +13,12 @@ import { asof, asofMarkdown, type AsofResult } from './asof.js';
 import { ingestSizes, writeBacklog, type Backlog } from './backlog.js';
 import { catchupMarkdown, catchupResult, drainWithAgent, type AgentDrain, type CatchupResult } from './catchup.js';
 import { drainWithRecvlogical, ingestMarkdown, ingestResult, type IngestResult, type RecvDrain } from './ingest.js';
+import { live, liveMarkdown, type LiveResult } from './live.js';
 import { measurePeriods, measureStore, storageMarkdown, type StorageResult, type StoreSize } from './storage.js';
 import { ensurePeriods, machine, progress, type Machine } from './support.js';
 import { DURABLE_SETTINGS, writePath, writePathMarkdown, type WritePathResult } from './write-path.js';
 
-const SECTIONS = ['ingest', 'write-path', 'asof', 'catchup', 'storage'] as const;
+const SECTIONS = ['ingest', 'write-path', 'asof', 'catchup', 'storage', 'live'] as const;
 type Section = (typeof SECTIONS)[number];
 const PLUGINS = ['pgoutput', 'wal2json'] as const;
 type Plugin = (typeof PLUGINS)[number];
@@ -37,9 +38,17 @@ Sections (all by default):
               lookup and periods' as-of query; 10,000 lookups in one query
   catchup     time from the backlog to zero lag; the agent's peak RSS
   storage     bytes per row version: store against periods' history table
+  live        pgbench's built-in TPC-B (-b tpcb-like after -i -s 10, 8
+              clients, 60 s), a fresh cluster each: no versioning,
+              pgtimewarp (accounts, branches, tellers tracked, agent
+              running), periods; TPS against none, and for pgtimewarp the
+              lag commit to stored (p50/p95/p99), the share of the run's
+              transactions stored when pgbench ended, the time to zero lag
+              after it (at most 60 s), the agent's CPU and peak RSS
 
 Options:
   --quick            reduced sizes, one repetition: a smoke run of a few minutes
+                     (live: scale 1, 15 s)
   --sections LIST    comma-separated sections to run (${SECTIONS.join(',')})
   --plugins LIST     plugins for ingest and catch-up (default pgoutput,wal2json)
   --reps N           repetitions (default 3; with --quick 1)
@@ -130,6 +139,7 @@ interface Results {
   asof?: AsofResult;
   catchup?: CatchupResult;
   storage?: StorageResult;
+  live?: LiveResult;
   raw: { agentDrains: AgentDrain[]; recvlogicalDrains: RecvDrain[] };
   /** Sections that failed, with why: the others are still reported. */
   errors: Partial<Record<Section, string>>;
@@ -162,6 +172,7 @@ function markdown(r: Results): string {
   section('3. As-of latency', r.asof && asofMarkdown(r.asof));
   section('4. Catch-up', r.catchup && catchupMarkdown(r.catchup));
   section('5. Storage', r.storage && storageMarkdown(r.storage));
+  section('6. Live load (TPC-B)', r.live && liveMarkdown(r.live));
   for (const [name, error] of Object.entries(r.errors)) parts.push(`**${name} failed:** ${error}`);
   return parts.join('\n\n') + '\n';
 }
@@ -175,7 +186,7 @@ async function main(): Promise<number> {
   await step('make', ['-C', extensionDir]);
   await step('make', ['-C', extensionDir, 'install']);
   await step(process.execPath, [join(packageRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json']);
-  const needsPeriods = opts.sections.has('write-path') || opts.sections.has('asof') || opts.sections.has('storage');
+  const needsPeriods = ['write-path', 'asof', 'storage', 'live'].some((x) => opts.sections.has(x as Section));
   const periods = needsPeriods ? await ensurePeriods(opts.install) : false;
 
   const results: Results = {
@@ -222,6 +233,12 @@ async function main(): Promise<number> {
     results.asof = await asof({
       keys: opts.quick ? 2_000 : 10_000, rounds: opts.quick ? 4 : 10, samples: opts.quick ? 300 : 2_000,
       repetitions: opts.reps, periods, seed: opts.seed,
+    });
+  });
+  if (s.has('live')) await guarded(results, ['live'], async () => {
+    results.live = await live({
+      scale: opts.quick ? 1 : 10, seconds: opts.quick ? 15 : 60, periods,
+      catchupLimitSeconds: opts.quick ? 30 : 60, sampleEveryMs: 100,
     });
   });
 

@@ -12,13 +12,14 @@ import { extensionDir, packageRoot } from '../installer/paths.js';
 import { asof, asofMarkdown, type AsofResult } from './asof.js';
 import { ingestSizes, writeBacklog, type Backlog } from './backlog.js';
 import { catchupMarkdown, catchupResult, drainWithAgent, type AgentDrain, type CatchupResult } from './catchup.js';
+import { freshness, freshnessMarkdown, type FreshnessResult } from './freshness.js';
 import { drainWithRecvlogical, ingestMarkdown, ingestResult, type IngestResult, type RecvDrain } from './ingest.js';
 import { live, liveMarkdown, type LiveResult } from './live.js';
 import { measurePeriods, measureStore, storageMarkdown, type StorageResult, type StoreSize } from './storage.js';
 import { ensurePeriods, machine, progress, type Machine } from './support.js';
 import { DURABLE_SETTINGS, writePath, writePathMarkdown, type WritePathResult } from './write-path.js';
 
-const SECTIONS = ['ingest', 'write-path', 'asof', 'catchup', 'storage', 'live'] as const;
+const SECTIONS = ['ingest', 'write-path', 'asof', 'catchup', 'storage', 'live', 'freshness'] as const;
 type Section = (typeof SECTIONS)[number];
 const PLUGINS = ['pgoutput', 'wal2json'] as const;
 type Plugin = (typeof PLUGINS)[number];
@@ -45,10 +46,14 @@ Sections (all by default):
               lag commit to stored (p50/p95/p99), the share of the run's
               transactions stored when pgbench ended, the time to zero lag
               after it (at most 60 s), the agent's CPU and peak RSS
+  freshness   commit to the first as-of at its time answered without the
+              horizon warning, p50/p99 idle (50 samples) and under TPC-B
+              with 4 clients; as-of now() 1 s after the last commit: how
+              often it warned, how long it took
 
 Options:
   --quick            reduced sizes, one repetition: a smoke run of a few minutes
-                     (live: scale 1, 15 s)
+                     (live: scale 1, 15 s; freshness: 10 samples each)
   --sections LIST    comma-separated sections to run (${SECTIONS.join(',')})
   --plugins LIST     plugins for ingest and catch-up (default pgoutput,wal2json)
   --reps N           repetitions (default 3; with --quick 1)
@@ -140,6 +145,7 @@ interface Results {
   catchup?: CatchupResult;
   storage?: StorageResult;
   live?: LiveResult;
+  freshness?: FreshnessResult;
   raw: { agentDrains: AgentDrain[]; recvlogicalDrains: RecvDrain[] };
   /** Sections that failed, with why: the others are still reported. */
   errors: Partial<Record<Section, string>>;
@@ -173,6 +179,7 @@ function markdown(r: Results): string {
   section('4. Catch-up', r.catchup && catchupMarkdown(r.catchup));
   section('5. Storage', r.storage && storageMarkdown(r.storage));
   section('6. Live load (TPC-B)', r.live && liveMarkdown(r.live));
+  section('7. Freshness', r.freshness && freshnessMarkdown(r.freshness));
   for (const [name, error] of Object.entries(r.errors)) parts.push(`**${name} failed:** ${error}`);
   return parts.join('\n\n') + '\n';
 }
@@ -239,6 +246,14 @@ async function main(): Promise<number> {
     results.live = await live({
       scale: opts.quick ? 1 : 10, seconds: opts.quick ? 15 : 60, periods,
       catchupLimitSeconds: opts.quick ? 30 : 60, sampleEveryMs: 100,
+    });
+  });
+  if (s.has('freshness')) await guarded(results, ['freshness'], async () => {
+    results.freshness = await freshness({
+      scale: opts.quick ? 1 : 10,
+      idleSamples: opts.quick ? 10 : 50, idleBudgetSeconds: opts.quick ? 60 : 240,
+      loadSamples: opts.quick ? 10 : 50, loadSeconds: opts.quick ? 30 : 90,
+      nowChecks: opts.quick ? 5 : 10, sampleLimitSeconds: opts.quick ? 15 : 30,
     });
   });
 

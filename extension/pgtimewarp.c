@@ -383,12 +383,23 @@ spi_value(int row, int col, bool *isnull, MemoryContext cxt)
 	return value;
 }
 
+/* Column `col` of row `row` of the last SPI result as a C string in `cxt`. */
+static char *
+spi_cstring(int row, int col, MemoryContext cxt)
+{
+	bool		isnull;
+	Datum		value = spi_value(row, col, &isnull, cxt);
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	char	   *result = TextDatumGetCString(value);
+
+	MemoryContextSwitchTo(oldcxt);
+	return result;
+}
+
 /* The node id this database was configured with; needs a store session. */
 static char *
 configured_node_id(StoreSession *ss)
 {
-	bool		isnull;
-
 	store_execute("SELECT node_id FROM pgtimewarp.config",
 				  0, NULL, NULL, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -397,7 +408,7 @@ configured_node_id(StoreSession *ss)
 				 errmsg("pgtimewarp is not configured in this database"),
 				 errdetail("No node id is set, so pgtimewarp does not know which history in the store belongs to this database."),
 				 errhint("Run \"pgtimewarp install\", or as the extension's owner run SELECT pgtimewarp_configure('<node id>').")));
-	return TextDatumGetCString(spi_value(0, 1, &isnull, ss->caller_cxt));
+	return spi_cstring(0, 1, ss->caller_cxt);
 }
 
 /* ----------------------------------------------------------------
@@ -680,7 +691,13 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 
 	t = MemoryContextAllocZero(ss->caller_cxt, sizeof(Tracking));
 	t->node_id = MemoryContextStrdup(ss->caller_cxt, node_id);
-	t->pk_columns = DatumGetArrayTypeP(spi_value(0, 1, &isnull, ss->caller_cxt));
+	{
+		/* detoasting (a short header) allocates: in caller_cxt, which outlives SPI */
+		MemoryContext oldcxt = MemoryContextSwitchTo(ss->caller_cxt);
+
+		t->pk_columns = DatumGetArrayTypeP(spi_value(0, 1, &isnull, ss->caller_cxt));
+		MemoryContextSwitchTo(oldcxt);
+	}
 	t->relation_id = DatumGetInt32(spi_value(0, 8, &isnull, ss->caller_cxt));
 	t->from_lsn = DatumGetLSN(spi_value(0, 2, &isnull, ss->caller_cxt));
 	t->from_ts = DatumGetTimestampTz(spi_value(0, 3, &isnull, ss->caller_cxt));
@@ -910,7 +927,20 @@ version_from_spi(int row, RowVersion *v, MemoryContext cxt)
 	v->from_ts = DatumGetTimestampTz(spi_value(row, 2, &isnull, cxt));
 	v->op = op_name(DatumGetChar(spi_value(row, 3, &isnull, cxt)));
 	d = spi_value(row, 4, &isnull, cxt);
-	v->row_data = isnull ? NULL : DatumGetJsonbP(d);
+	if (isnull)
+		v->row_data = NULL;
+	else
+	{
+		/*
+		 * A stored row under 127 bytes comes with a short header, and
+		 * DatumGetJsonbP copies it to a regular one: in cxt, for the copy
+		 * to outlive SPI_finish.
+		 */
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+		v->row_data = DatumGetJsonbP(d);
+		MemoryContextSwitchTo(oldcxt);
+	}
 	/* the caller knows the end, if it needs it, from the next version */
 	v->to_lsn = InvalidXLogRecPtr;
 	v->to_ts = 0;
@@ -1504,7 +1534,8 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 				  " ORDER BY valid_from_lsn",
 				  4, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
 	nversions = (int) SPI_processed + (have_first ? 1 : 0);
-	versions = palloc(sizeof(RowVersion) * Max(nversions, 1));
+	/* read after the store session ends: not in SPI's memory */
+	versions = MemoryContextAlloc(ss.caller_cxt, sizeof(RowVersion) * Max(nversions, 1));
 	if (have_first)
 		versions[0] = first;
 	for (uint64 row = 0; row < SPI_processed; row++)

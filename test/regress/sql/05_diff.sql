@@ -61,7 +61,28 @@ SELECT bool_and(valid_to_lsn = next_from) AS contiguous
           FROM pgtimewarp_diff_pk('orders', '{"id": 7}', '2024-06-01 09:00+00', '2024-06-01 13:00+00')) d
  WHERE next_from IS NOT NULL;
 
+-- many versions of small rows (stored under 127 bytes, with a short
+-- header): every one is read after the store session ends, so each must
+-- have been copied out of SPI's memory, and the sum of their values shows it
+CREATE TABLE tiny (id int PRIMARY KEY, n int);
+CALL fixture.track('tiny', '1/0', '2024-07-01 00:00+00');
+CALL fixture.change('tiny', '{1}', '1/0', 'baseline', '{"id": "1", "n": "0"}');
+DO $$
+BEGIN
+    FOR i IN 1..300 LOOP
+        CALL fixture.commit(('1/' || to_hex(i * 16))::pg_lsn, '2024-07-01 00:00+00'::timestamptz + i * interval '1 second');
+        CALL fixture.change('tiny', '{1}', ('1/' || to_hex(i * 16))::pg_lsn, 'update', jsonb_build_object('id', '1', 'n', i::text));
+    END LOOP;
+END;
+$$;
+CALL fixture.checkpoint('1/2000', '2024-07-01 01:00+00');
+SELECT count(*), sum((row_data ->> 'n')::int), count(*) FILTER (WHERE changed_columns = '{n}') AS changed_n
+  FROM pgtimewarp_diff_pk('tiny', '{"id": 1}', '2024-07-01 00:00+00', '2024-07-01 00:10+00');
+SELECT count(*), sum((row_data ->> 'n')::int)
+  FROM generate_series(1, 3), pgtimewarp_diff_pk('tiny', '{"id": 1}', '2024-07-01 00:00+00', '2024-07-01 00:10+00');
+DROP TABLE tiny;
+
 DROP TABLE orders;
-DELETE FROM pgtimewarp_store.tracked_relations WHERE table_name = 'orders';
+DELETE FROM pgtimewarp_store.tracked_relations WHERE table_name IN ('orders', 'tiny');
 DELETE FROM pgtimewarp_store.lsn_time_map;
 DELETE FROM pgtimewarp_store.wal_checkpoints;

@@ -957,12 +957,14 @@ version_query_args(Tracking *t, TargetTable *target, ArrayType *key,
 }
 
 /*
- * The latest version of `key` that began at or before `lsn` (one index probe
- * on the store's primary key), or false when there is none.
+ * One probe of the store's primary key for `key`: the latest version that
+ * began at or before `lsn` (the one visible there), or with `after` the
+ * first that began after it (where the visible one ends).  False when there
+ * is none.
  */
 static bool
-fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
-				 ArrayType *key, XLogRecPtr lsn, RowVersion *v)
+probe_version(StoreSession *ss, Tracking *t, TargetTable *target,
+			  ArrayType *key, XLogRecPtr lsn, bool after, RowVersion *v)
 {
 	Oid			argtypes[3];
 	Datum		args[3];
@@ -970,7 +972,11 @@ fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
 	version_query_args(t, target, key, argtypes, args);
 	argtypes[2] = LSNOID;
 	args[2] = LSNGetDatum(lsn);
-	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
+	store_execute(after
+				  ? "SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $3"
+				  " ORDER BY valid_from_lsn LIMIT 1"
+				  : "SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
 				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $3"
 				  " ORDER BY valid_from_lsn DESC LIMIT 1",
 				  3, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
@@ -980,28 +986,12 @@ fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
 	return true;
 }
 
-/*
- * The first version of `key` that began after `lsn` (one index probe), or
- * false when there is none: where the version current at `lsn` ends.
- */
+/* The version of `key` visible at `lsn`. */
 static bool
-fetch_version_after(StoreSession *ss, Tracking *t, TargetTable *target,
-					ArrayType *key, XLogRecPtr lsn, RowVersion *v)
+fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
+				 ArrayType *key, XLogRecPtr lsn, RowVersion *v)
 {
-	Oid			argtypes[3];
-	Datum		args[3];
-
-	version_query_args(t, target, key, argtypes, args);
-	argtypes[2] = LSNOID;
-	args[2] = LSNGetDatum(lsn);
-	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
-				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $3"
-				  " ORDER BY valid_from_lsn LIMIT 1",
-				  3, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		return false;
-	version_from_spi(0, v, ss->caller_cxt);
-	return true;
+	return probe_version(ss, t, target, key, lsn, false, v);
 }
 
 /* row_data of the version visible at `lsn`, or NULL if the row did not exist. */
@@ -1541,7 +1531,7 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	for (uint64 row = 0; row < SPI_processed; row++)
 		version_from_spi(row, &versions[row + (have_first ? 1 : 0)], ss.caller_cxt);
 	have_after = nversions > 0 &&
-		fetch_version_after(&ss, t, &target, key, to_lsn, &after);
+		probe_version(&ss, t, &target, key, to_lsn, true, &after);
 	for (int i = 0; i < nversions; i++)
 	{
 		RowVersion *next = i + 1 < nversions ? &versions[i + 1] : have_after ? &after : NULL;

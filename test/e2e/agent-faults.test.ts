@@ -42,10 +42,6 @@
 // Replay a failure with PGTIMEWARP_SEED=<seed printed on failure> (the
 // workload replays exactly; the moments of the faults depend on timing).
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it, onTestFailed } from 'vitest';
 
@@ -55,8 +51,8 @@ import type { Cluster } from '../support/cluster.js';
 import { Random, testSeed } from '../support/random.js';
 import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
+import { AgentChild } from '../support/agent-child.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 // frequent keepalives, so that heartbeats happen and a dead peer is noticed within a test
 const sourceCluster = useCluster({ settings: { wal_sender_timeout: '2s' } });
@@ -127,129 +123,6 @@ async function withClient<T>(cluster: Cluster, db: string, work: (c: pg.Client) 
     return await work(client);
   } finally {
     await client.end().catch(() => undefined);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// The agent as a child process: `pgtimewarp agent --log-format json`
-
-/** Agents still running when this process exits are killed with it. */
-const liveChildren = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of liveChildren) child.kill('SIGKILL');
-});
-
-interface LoggedEvent {
-  generation: number;
-  event: string;
-  level: string;
-  message: string;
-  [field: string]: unknown;
-}
-
-class AgentProcess {
-  readonly events: LoggedEvent[] = [];
-  /** Lines that were not JSON log events (a crash's stack trace, say). */
-  readonly otherOutput: string[] = [];
-  /** Exits we did not cause. */
-  readonly unexpectedExits: string[] = [];
-  generation = 0;
-  private child: ChildProcess | null = null;
-  /** The running child is being stopped by us. */
-  private stopping = false;
-  private exited: Promise<void> = Promise.resolve();
-  private listeners = new Set<(e: LoggedEvent) => void>();
-
-  constructor(private readonly setup: Setup, private readonly plugin: 'pgoutput' | 'wal2json') {}
-
-  start(): void {
-    if (this.child !== null) throw new Error('agent already running');
-    const generation = ++this.generation;
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'installer/cli.ts', 'agent',
-        '--source', this.setup.sourceUrl, '--store', this.setup.storeUrl, '--node', this.setup.nodeId,
-        '--slot', this.setup.slot, '--plugin', this.plugin, '--log-format', 'json'],
-      { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    this.child = child;
-    this.stopping = false;
-    liveChildren.add(child);
-    for (const out of [child.stdout!, child.stderr!]) {
-      createInterface({ input: out }).on('line', (line) => this.onLine(generation, line));
-    }
-    this.exited = new Promise((resolve) => {
-      child.on('exit', (code, signal) => {
-        liveChildren.delete(child);
-        if (!this.stopping) this.unexpectedExits.push(`generation ${generation}: exit code ${code}, signal ${signal}`);
-        if (this.child === child) this.child = null;
-        resolve();
-      });
-    });
-  }
-
-  private onLine(generation: number, line: string): void {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(line);
-    } catch {
-      this.otherOutput.push(`[${generation}] ${line}`);
-      return;
-    }
-    const event = { ...(parsed as Omit<LoggedEvent, 'generation'>), generation } as LoggedEvent;
-    this.events.push(event);
-    for (const listener of this.listeners) listener(event);
-  }
-
-  get running(): boolean {
-    return this.child !== null;
-  }
-
-  /** The next event of the current generation matching `match` (after now), or null after `timeoutMs`. */
-  nextEvent(match: (e: LoggedEvent) => boolean, timeoutMs: number): Promise<LoggedEvent | null> {
-    const generation = this.generation;
-    return new Promise((resolve) => {
-      const listener = (e: LoggedEvent): void => {
-        if (e.generation !== generation || !match(e)) return;
-        done(e);
-      };
-      const timer = setTimeout(() => done(null), timeoutMs);
-      const done = (e: LoggedEvent | null): void => {
-        clearTimeout(timer);
-        this.listeners.delete(listener);
-        resolve(e);
-      };
-      this.listeners.add(listener);
-    });
-  }
-
-  /** Send `signal` and wait for the exit. */
-  async kill(signal: 'SIGKILL' | 'SIGTERM', timeoutMs = 20_000): Promise<void> {
-    const child = this.child;
-    if (child === null) return;
-    this.stopping = true;
-    child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    await this.exited;
-    clearTimeout(timer);
-  }
-
-  /** Stop with SIGTERM; resolves to the exit code. */
-  async stopCleanly(timeoutMs = 20_000): Promise<number | null> {
-    const child = this.child;
-    if (child === null) return null;
-    let code: number | null = null;
-    child.once('exit', (c) => { code = c; });
-    await this.kill('SIGTERM', timeoutMs);
-    return code;
-  }
-
-  describe(): string {
-    return [
-      ...this.unexpectedExits,
-      ...this.events.filter((e) => e.level !== 'info').slice(-10).map((e) => `[${e.generation}] ${e.level} ${e.event}: ${e.message}`),
-      ...this.otherOutput.slice(-20),
-    ].join('\n');
   }
 }
 
@@ -489,7 +362,7 @@ function expectConfirmedWithinCheckpoint(when: string, p: { confirmed: string | 
     `${when}: slot confirmed ${p.confirmed}, store checkpoint ${p.checkpoint}`).toBe(true);
 }
 
-async function waitForSentinel(setup: Setup, agent: AgentProcess, timeoutMs = 90_000): Promise<void> {
+async function waitForSentinel(setup: Setup, agent: AgentChild, timeoutMs = 90_000): Promise<void> {
   await waitFor(`the sentinel in the store\n${agent.describe()}`, () =>
     withClient(sourceCluster(), setup.sourceDb, async (c) =>
       (await c.query<{ ok: boolean }>(
@@ -640,10 +513,10 @@ async function verifyHistory(setup: Setup, model: Workload, rand: Random): Promi
 // ---------------------------------------------------------------------------
 
 /** Start the agent, wait for its slot, track the table: the model's baseline. */
-async function begin(setup: Setup, plugin: 'pgoutput' | 'wal2json', model: Workload): Promise<{ agent: AgentProcess; source: pg.Client }> {
+async function begin(setup: Setup, plugin: 'pgoutput' | 'wal2json', model: Workload): Promise<{ agent: AgentChild; source: pg.Client }> {
   const source = await sourceCluster().connect(setup.sourceDb);
   await model.seed(source, 150);
-  const agent = new AgentProcess(setup, plugin);
+  const agent = new AgentChild({ sourceUrl: setup.sourceUrl, storeUrl: setup.storeUrl, nodeId: setup.nodeId, slot: setup.slot, plugin });
   agent.start();
   // the agent first, so that its slot (and publication) exist before tracking starts
   await waitFor(`slot ${setup.slot}\n${agent.describe()}`, async () => {
@@ -656,7 +529,7 @@ async function begin(setup: Setup, plugin: 'pgoutput' | 'wal2json', model: Workl
   return { agent, source };
 }
 
-const agents: AgentProcess[] = [];
+const agents: AgentChild[] = [];
 afterEach(async () => {
   for (const a of agents.splice(0)) await a.kill('SIGKILL');
 });

@@ -53,10 +53,8 @@
 // Replay a failure with PGTIMEWARP_SEED=<seed printed on failure> (the kill
 // moments replay; what pgbench does around them depends on timing).
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it, onTestFailed } from 'vitest';
@@ -66,9 +64,9 @@ import { pgBinDir } from '../support/cluster.js';
 import { Random, testSeed } from '../support/random.js';
 import { setupTimewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
+import { AgentChild, killOnExit } from '../support/agent-child.js';
 import { waitFor } from '../support/wait.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 const cluster = useCluster();
 const storeCluster = useCluster();
@@ -92,117 +90,9 @@ function clientEnv(): NodeJS.ProcessEnv {
 }
 
 // ---------------------------------------------------------------------------
-// The agent as a child process: `pgtimewarp agent --log-format json` (a
-// trimmed copy of agent-faults.test.ts's AgentProcess; moved to test/support/
-// it could serve both)
+// The agent as a child process (test/support/agent-child.ts)
 
-/** Children still running when this process exits are killed with it. */
-const liveChildren = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of liveChildren) child.kill('SIGKILL');
-});
-
-interface LoggedEvent {
-  generation: number;
-  event: string;
-  level: string;
-  message: string;
-  [field: string]: unknown;
-}
-
-interface AgentStart {
-  sourceUrl: string;
-  storeUrl: string;
-  nodeId: string;
-  slot: string;
-  plugin: 'pgoutput' | 'wal2json';
-}
-
-class AgentProcess {
-  readonly events: LoggedEvent[] = [];
-  /** Lines that were not JSON log events (a crash's stack trace, say). */
-  readonly otherOutput: string[] = [];
-  /** Exits we did not cause. */
-  readonly unexpectedExits: string[] = [];
-  generation = 0;
-  private child: ChildProcess | null = null;
-  private stopping = false;
-  private exited: Promise<void> = Promise.resolve();
-
-  constructor(private readonly opts: AgentStart) {}
-
-  start(): void {
-    if (this.child !== null) throw new Error('agent already running');
-    const generation = ++this.generation;
-    const o = this.opts;
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'installer/cli.ts', 'agent', '--source', o.sourceUrl, '--store', o.storeUrl,
-        '--node', o.nodeId, '--slot', o.slot, '--plugin', o.plugin, '--log-format', 'json'],
-      { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    this.child = child;
-    this.stopping = false;
-    liveChildren.add(child);
-    for (const out of [child.stdout!, child.stderr!]) {
-      createInterface({ input: out }).on('line', (line) => {
-        try {
-          this.events.push({ ...(JSON.parse(line) as Omit<LoggedEvent, 'generation'>), generation } as LoggedEvent);
-        } catch {
-          this.otherOutput.push(`[${generation}] ${line}`);
-        }
-      });
-    }
-    this.exited = new Promise((resolve) => {
-      child.on('exit', (code, signal) => {
-        liveChildren.delete(child);
-        if (!this.stopping) this.unexpectedExits.push(`generation ${generation}: exit code ${code}, signal ${signal}`);
-        if (this.child === child) this.child = null;
-        resolve();
-      });
-    });
-  }
-
-  get running(): boolean {
-    return this.child !== null;
-  }
-
-  /** Whether the running generation has logged `event`. */
-  logged(event: string): boolean {
-    return this.events.some((e) => e.generation === this.generation && e.event === event);
-  }
-
-  /** Send `signal` and wait for the exit (SIGKILL after `timeoutMs`). */
-  async kill(signal: 'SIGKILL' | 'SIGTERM', timeoutMs = 20_000): Promise<void> {
-    const child = this.child;
-    if (child === null) return;
-    this.stopping = true;
-    child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    await this.exited;
-    clearTimeout(timer);
-  }
-
-  /** Stop with SIGTERM; resolves to the exit code. */
-  async stopCleanly(): Promise<number | null> {
-    const child = this.child;
-    if (child === null) return null;
-    let code: number | null = null;
-    child.once('exit', (c) => { code = c; });
-    await this.kill('SIGTERM');
-    return code;
-  }
-
-  describe(): string {
-    return [
-      ...this.unexpectedExits,
-      ...this.events.filter((e) => e.level !== 'info').slice(-10).map((e) => `[${e.generation}] ${e.level} ${e.event}: ${e.message}`),
-      ...this.otherOutput.slice(-20),
-    ].join('\n');
-  }
-}
-
-const agents: AgentProcess[] = [];
+const agents: AgentChild[] = [];
 afterEach(async () => {
   for (const a of agents.splice(0)) await a.kill('SIGKILL');
 });
@@ -227,7 +117,7 @@ interface PgbenchRun {
 
 function startPgbench(db: string, args: string[]): PgbenchRun {
   const child = spawn(join(pgBinDir(), 'pgbench'), pgbenchArgs(db, args), { env: clientEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  liveChildren.add(child);
+  killOnExit(child);
   let running = true;
   let stdout = '';
   let stderr = '';
@@ -240,7 +130,6 @@ function startPgbench(db: string, args: string[]): PgbenchRun {
     });
     child.on('close', (code) => {
       running = false;
-      liveChildren.delete(child);
       const transactions = /number of transactions actually processed: (\d+)/.exec(stdout);
       const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
       if (code !== 0) {
@@ -392,7 +281,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('live load on %s', (plugin) => 
         // pgbench's own initialization: tables, data, vacuum, primary keys
         await startPgbench(`src_${plugin}`, ['-i', '-q', '-s', String(SCALE)]).done;
 
-        const agent = new AgentProcess({ sourceUrl: tw.sourceUrl, storeUrl: tw.storeUrl, nodeId: tw.nodeId, slot, plugin });
+        const agent = new AgentChild({ sourceUrl: tw.sourceUrl, storeUrl: tw.storeUrl, nodeId: tw.nodeId, slot, plugin });
         agents.push(agent);
         agent.start();
         // the agent first, so that its slot (and publication) exist before tracking starts

@@ -406,12 +406,12 @@ export class StoreWriter {
    * JSON document parsed the document, then every field again.
    */
   private async copyVersions(rows: VersionRow[]): Promise<void> {
-    const lines = rows.map((x) =>
-      `${x.l}\t${x.t}\t${x.r}\t${x.o}\t${copyText(arrayLiteral(x.k))}\t${x.d === null ? '\\N' : copyText(JSON.stringify(x.d))}\n`);
     const copy = this.store.query(copyFrom(
       'COPY pgtimewarp_store.row_versions (valid_from_lsn, valid_from_ts, relation_id, op, pk, row_data) FROM STDIN',
     ));
-    await pipeline(Readable.from(chunked(lines)), copy);
+    // the text is made chunk by chunk as the stream asks for it: a batch's
+    // rows are in memory once, not once more as text
+    await pipeline(Readable.from(copyChunks(rows)), copy);
   }
 
   /**
@@ -597,11 +597,11 @@ function arrayLiteral(elements: string[]): string {
   return `{${elements.map((e) => `"${e.replace(/["\\]/g, (c) => `\\${c}`)}"`).join(',')}}`;
 }
 
-/** Lines joined into chunks of about 256 kB, so the stream writes few, large buffers. */
-function* chunked(lines: string[]): Generator<string> {
+/** The rows as COPY text, in chunks of about 256 kB, so the stream writes few, large buffers. */
+function* copyChunks(rows: VersionRow[]): Generator<string> {
   let chunk = '';
-  for (const line of lines) {
-    chunk += line;
+  for (const x of rows) {
+    chunk += `${x.l}\t${x.t}\t${x.r}\t${x.o}\t${copyText(arrayLiteral(x.k))}\t${x.d === null ? '\\N' : copyText(JSON.stringify(x.d))}\n`;
     if (chunk.length >= 256 * 1024) {
       yield chunk;
       chunk = '';

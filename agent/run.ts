@@ -36,10 +36,13 @@ export interface AgentOptions {
   /**
    * Most versions held for one store transaction: a batch is written once
    * it has this many, so many mid-sized transactions cannot add up to
-   * unbounded memory.  Default 20000.
+   * unbounded memory.  Default 10000: with the store writing one batch
+   * while the next fills, two batches are in memory, and larger ones cost
+   * RSS (catch-up of the benchmark's backlog: 260-300 MB at 10,000, 320-390
+   * MB at 20,000) for no speed.
    */
   maxBatchVersions?: number;
-  /** ... or roughly this many bytes of row values (TransactionAssembler's count).  Default 8 MiB. */
+  /** ... or roughly this many bytes of row values (TransactionAssembler's count).  Default 4 MiB. */
   maxBatchBytes?: number;
   /**
    * A transaction holding more key states than this (or than spillBytes of
@@ -183,9 +186,9 @@ async function runSession(
     let lastHealth = Date.now();
     let batch: AssembledTransaction[] = [];
     const maxBatch = opts.maxBatch ?? 500;
-    const maxBatchVersions = opts.maxBatchVersions ?? 20_000;
+    const maxBatchVersions = opts.maxBatchVersions ?? 10_000;
     let batchVersions = 0;
-    const maxBatchBytes = opts.maxBatchBytes ?? 8 << 20;
+    const maxBatchBytes = opts.maxBatchBytes ?? 4 << 20;
     let batchBytes = 0;
     // A store on the source's cluster writes WAL the source's walsender
     // reports too: its own commits must not call for more heartbeats.
@@ -202,14 +205,18 @@ async function runSession(
     // its store commit, and only with what that commit stored.
     // (typed by assertion: TypeScript would narrow it to null, not seeing the closures assign it)
     let writing = null as Promise<void> | null;
+    /** `writing` resolving to 'written': made once per write, not once per message raced against it. */
+    let written = null as Promise<'written'> | null;
     const settle = async (): Promise<void> => {
       const w = writing;
       writing = null;
+      written = null;
       await w;
     };
     const launch = (work: Promise<void>): void => {
       writing = work;
-      work.catch(() => undefined); // handled by whoever awaits it: settle() or the loop's race
+      written = work.then(() => 'written' as const);
+      written.catch(() => undefined); // handled by whoever awaits it: settle() or the loop's race
     };
     const startWrite = (): void => {
       const written = batch;
@@ -297,12 +304,10 @@ async function runSession(
       let reading: Promise<ReplicationMessage | null> | null = null;
       for (;;) {
         reading ??= stream.read();
-        const w: Promise<void> | null = writing;
-        const next = w === null
-          ? await reading
-          : await Promise.race([reading, w.then(() => 'written' as const)]);
+        const next = written === null ? await reading : await Promise.race([reading, written]);
         if (next === 'written') {
           writing = null;
+          written = null;
           pump();
           continue;
         }

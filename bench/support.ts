@@ -13,6 +13,7 @@ import type pg from 'pg';
 
 import { packageRoot } from '../installer/paths.js';
 import { pgBinDir, type Cluster } from '../test/support/cluster.js';
+import type { AgentStart } from '../test/support/agent-child.js';
 import { procStatusKb } from '../test/support/process.js';
 
 const benchStarted = Date.now();
@@ -103,14 +104,6 @@ export interface AgentLogEvent {
   lsn?: string;
   versions?: number;
   transactions?: number;
-}
-
-export interface AgentStart {
-  sourceUrl: string;
-  storeUrl: string;
-  nodeId: string;
-  slot: string;
-  plugin: 'pgoutput' | 'wal2json';
 }
 
 /**

@@ -219,22 +219,22 @@ async function runSession(
       written.catch(() => undefined); // handled by whoever awaits it: settle() or the loop's race
     };
     const startWrite = (): void => {
-      const written = batch;
+      const transactions = batch;
       const held = batchVersions;
       const bytes = batchBytes;
       batch = [];
       batchVersions = 0;
       batchBytes = 0;
       const started = performance.now();
-      launch(writer.apply(written).then((saved) => {
+      launch(writer.apply(transactions).then((saved) => {
         const writeSeconds = (performance.now() - started) / 1000;
         const versions = held + writer.spilledVersions;
-        log({ level: 'info', event: 'applied', message: `applied ${written.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
-          transactions: written.length, versions, bytes, lsn: lsnToText(saved.lsn), writeMs: Math.round(writeSeconds * 1000) });
+        log({ level: 'info', event: 'applied', message: `applied ${transactions.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
+          transactions: transactions.length, versions, bytes, lsn: lsnToText(saved.lsn), writeMs: Math.round(writeSeconds * 1000) });
         applied = saved.lsn;
         stream!.confirm(saved.lsn);
         stream!.sendStatus();
-        observe.applied?.({ transactions: written.length, versions, bytes, lsn: saved.lsn, lastCommitTime: saved.time, writeSeconds });
+        observe.applied?.({ transactions: transactions.length, versions, bytes, lsn: saved.lsn, lastCommitTime: saved.time, writeSeconds });
         onProgress();
       }));
     };
@@ -248,8 +248,8 @@ async function runSession(
     // commit resolves without a warning.  Heartbeats are at most one per
     // heartbeatIntervalMs, and for WAL that is only the agent's own store
     // commits (a store on the source's cluster would otherwise feed itself)
-    // only every LIVENESS_HEARTBEAT_MS, except when asked for: pgtimewarp's non-transactional
-    // message (the extension's horizon request) is answered at once.
+    // only every LIVENESS_HEARTBEAT_MS.  A horizon request (pgtimewarp's
+    // non-transactional message, from the extension) is answered at once.
     let horizon = null as { lsn: Lsn; time: Date; requested: boolean } | null;
     const heartbeatDue = (h: { lsn: Lsn; requested: boolean }): boolean => {
       const since = Date.now() - lastHeartbeat;

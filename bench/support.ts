@@ -14,7 +14,8 @@ import type pg from 'pg';
 import { packageRoot } from '../installer/paths.js';
 import { pgBinDir, type Cluster } from '../test/support/cluster.js';
 import type { AgentStart } from '../test/support/agent-child.js';
-import { procStatusKb } from '../test/support/process.js';
+import { envWithoutPg, procStatusKb } from '../test/support/process.js';
+import { sleep } from '../test/support/wait.js';
 
 const benchStarted = Date.now();
 
@@ -29,9 +30,7 @@ export function progress(section: string, message: string): void {
   console.log(`[${elapsed()}] ${section}: ${message}`);
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
+export { sleep };
 
 /** Poll `probe` every `everyMs` until it returns something other than undefined/false. */
 export async function poll<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs: number, everyMs = 50): Promise<T> {
@@ -236,9 +235,7 @@ export function runCommand(command: string, args: string[], env: NodeJS.ProcessE
 }
 
 /** Our environment without PG* variables that could point a client elsewhere. */
-export function cleanEnv(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('PG')));
-}
+export const cleanEnv = envWithoutPg;
 
 /**
  * pg_recvlogical reading `slot` to `endpos` into /dev/null: the decoding

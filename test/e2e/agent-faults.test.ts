@@ -49,7 +49,7 @@ import { lsnFromText } from '../../agent/decode.js';
 import { migrateStore } from '../../installer/store.js';
 import type { Cluster } from '../support/cluster.js';
 import { Random, testSeed } from '../support/random.js';
-import { waitFor } from '../support/wait.js';
+import { sleep, waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 import { AgentChild } from '../support/agent-child.js';
 
@@ -65,10 +65,6 @@ const KEYSPACE = 300;
 const SENTINEL = 1_000_000;
 /** Application name of the agent's store connections, to find them in pg_stat_activity. */
 const AGENT_APP = 'pgtimewarp_agent_under_test';
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 // ---------------------------------------------------------------------------
 // Setup: source database on one cluster, store database on the other

@@ -61,11 +61,12 @@ import { afterAll, afterEach, describe, expect, it, onTestFailed } from 'vitest'
 
 import { lsnFromText } from '../../agent/decode.js';
 import { pgBinDir } from '../support/cluster.js';
+import { envWithoutPg } from '../support/process.js';
 import { Random, testSeed } from '../support/random.js';
 import { setupTimewarp } from '../support/timewarp.js';
 import { useCluster } from '../support/use-cluster.js';
 import { AgentChild, killOnExit } from '../support/agent-child.js';
-import { waitFor } from '../support/wait.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 
 const cluster = useCluster();
@@ -80,14 +81,6 @@ const SAMPLE_EVERY_MS = 200;
 const CATCH_UP_TIMEOUT_MS = 120_000;
 const TRACKED = ['pgbench_branches', 'pgbench_tellers', 'pgbench_accounts'] as const;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Our environment without PG* variables that could point a client elsewhere. */
-function clientEnv(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('PG')));
-}
 
 // ---------------------------------------------------------------------------
 // The agent as a child process (test/support/agent-child.ts)
@@ -116,7 +109,7 @@ interface PgbenchRun {
 }
 
 function startPgbench(db: string, args: string[]): PgbenchRun {
-  const child = spawn(join(pgBinDir(), 'pgbench'), pgbenchArgs(db, args), { env: clientEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(join(pgBinDir(), 'pgbench'), pgbenchArgs(db, args), { env: envWithoutPg(), stdio: ['ignore', 'pipe', 'pipe'] });
   killOnExit(child);
   let running = true;
   let stdout = '';

@@ -12,6 +12,11 @@ export function alive(pid: number): boolean {
   }
 }
 
+/** Our environment without PG* variables that could point a client (psql, pgbench) elsewhere. */
+export function envWithoutPg(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('PG')));
+}
+
 /** A /proc/<pid>/status field in kB (VmHWM: peak resident set). */
 export function procStatusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
   const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

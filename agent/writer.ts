@@ -57,11 +57,6 @@ export class StoreWriter {
   private spillOpen = false;
   /** How many versions the last apply() wrote for a spilled transaction. */
   spilledVersions = 0;
-  /**
-   * How many versions the last apply() left out because their table's
-   * history was deleted (pgtimewarp_forget) before the agent stored them.
-   */
-  skippedVersions = 0;
 
   constructor(
     private readonly store: pg.ClientBase,
@@ -152,7 +147,6 @@ export class StoreWriter {
       throw new StoreWriteError('a spilled transaction and its pieces do not match: apply it first, after its pieces');
     }
     this.spilledVersions = 0;
-    this.skippedVersions = 0;
     await this.inTransaction(async () => {
       const relations = await this.relationIds();
       let group: AssembledTransaction[] = [];
@@ -382,10 +376,9 @@ export class StoreWriter {
       // every lookup in a transaction sees the keys as they were before it
       const made = txn.versions.flatMap((v) => {
         const relationId = relations.get(tableKey(v.schema, v.table));
-        if (relationId === undefined) {
-          this.skippedVersions++;
-          return [];
-        }
+        // no tracked incarnation by that name any more: its history was
+        // deleted (pgtimewarp_forget) before the agent stored this version
+        if (relationId === undefined) return [];
         const op = v.opFromStore ? (livePrevious(v, latest) ? 'update' : 'insert') : v.op;
         return [{ v, row: { r: relationId, k: v.pk, l: commit.lsn, t: commit.ts, o: OP_CODES[op], d: withCarried(v, latest) } satisfies VersionRow }];
       });

@@ -101,12 +101,25 @@ export function buildUrl(p: ConnParams): string {
   return `postgresql://${auth}@${host}:${p.port}/${db}`;
 }
 
-/** A connection URL safe to print: any password replaced by "***". */
-export function redactUrl(url: string): string {
+/**
+ * A connection string safe to print: every password replaced by "***".
+ * URLs carry one as user:password@ or as a password= parameter (what
+ * urlWithCredentials writes for a socket host), in any case and maybe
+ * percent-encoded; key/value strings as password=.  A URL that cannot be
+ * parsed is not printed at all.
+ */
+export function redactUrl(connectionString: string): string {
+  if (!/^postgres(ql)?:\/\//i.test(connectionString)) {
+    // libpq's key = value form: a value is a word, or quoted with backslash escapes
+    return connectionString.replace(/(^|\s)(password)\s*=\s*('(?:[^'\\]|\\.)*(?:'|$)|\S+)/gi, '$1$2=***');
+  }
   try {
-    const u = new URL(url);
+    const u = new URL(connectionString);
     if (u.password) u.password = '***';
-    if (u.searchParams.has('password')) u.searchParams.set('password', '***');
+    const params = [...u.searchParams];
+    if (params.some(([key]) => key.toLowerCase() === 'password')) {
+      u.search = new URLSearchParams(params.map(([key, value]): [string, string] => [key, key.toLowerCase() === 'password' ? '***' : value])).toString();
+    }
     return u.toString();
   } catch {
     return '(unparsable connection string)';

@@ -3,7 +3,7 @@
 // to fix, so the message says where the URL came from (never its password).
 
 import { configPath, type InstalledConfig } from './config.js';
-import { redactPassword } from './store.js';
+import { redactUrl } from './install-sql.js';
 
 /**
  * The source or store URL as the user gave it, redacted, and which of
@@ -17,12 +17,12 @@ export function describeConnection(
   config: InstalledConfig | null,
 ): string {
   const variable = kind === 'source' ? 'PGTIMEWARP_SOURCE_URL' : 'PGTIMEWARP_STORE_URL';
-  if (flag !== undefined) return `${redactPassword(flag)} (from --${kind})`;
+  if (flag !== undefined) return `${redactUrl(flag)} (from --${kind})`;
   const fromEnv = env[variable];
-  if (fromEnv !== undefined) return `${redactPassword(fromEnv)} (from ${variable})`;
+  if (fromEnv !== undefined) return `${redactUrl(fromEnv)} (from ${variable})`;
   if (config !== null) {
     const url = kind === 'source' ? config.sourceUrl : config.storeUrl;
-    return `${redactPassword(url)} (from the config file ${configPath(env)})`;
+    return `${redactUrl(url)} (from the config file ${configPath(env)})`;
   }
   const pgVars = ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER'].filter((v) => env[v]).map((v) => `${v}=${env[v]}`);
   return `named by the PG* environment variables (${pgVars.join(', ') || 'none set: libpq defaults'})`;

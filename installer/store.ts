@@ -3,6 +3,7 @@
 import pg from 'pg';
 import { migrate } from 'postgres-migrations';
 
+import { redactUrl } from './install-sql.js';
 import { migrationsDir } from './paths.js';
 
 /**
@@ -26,7 +27,7 @@ export async function migrateStore(connectionString: string): Promise<string[]> 
     await client.connect();
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
-    throw new Error(`could not connect to the store database ${redactPassword(connectionString)}: ${reason}`);
+    throw new Error(`could not connect to the store database ${redactUrl(connectionString)}: ${reason}`);
   }
   try {
     const applied = await migrate({ client }, migrationsDir);
@@ -35,16 +36,5 @@ export async function migrateStore(connectionString: string): Promise<string[]> 
       .map((migration) => migration.fileName);
   } finally {
     await client.end();
-  }
-}
-
-/** A connection URL safe to print: any password replaced by "***". */
-export function redactPassword(connectionString: string): string {
-  try {
-    const url = new URL(connectionString);
-    if (url.password) url.password = '***';
-    return url.toString();
-  } catch {
-    return '(unparsable connection string)';
   }
 }

@@ -11,8 +11,9 @@ import { describe, expect, it } from 'vitest';
 
 import { envFileText, systemdUnitText } from '../../installer/agent-service.js';
 import { deriveNodeId } from '../../installer/install.js';
-import { urlWithCredentials } from '../../installer/install-sql.js';
+import { redactUrl, urlWithCredentials } from '../../installer/install-sql.js';
 import { findProblems, formatProblems, type BuildTools, type Choices, type SourceFacts, type StoreFacts } from '../../installer/prereq.js';
+import { describeConnection } from '../../installer/query-connection.js';
 import { passwordMatches, scramVerifier, storeGrants } from '../../installer/roles.js';
 
 const params = { host: '127.0.0.1', port: 5432, database: 'app', user: 'postgres', password: undefined };
@@ -205,5 +206,49 @@ describe('names and URLs', () => {
       .toEqual({ user: 'pgtimewarp_agent', password: 'p@ss', host: 'db.internal', database: 'app', port: 5433 });
     expect(parse(urlWithCredentials('postgresql:///app?host=/var/run/postgresql&port=5432&user=postgres', 'pgtimewarp_agent', 'pw')))
       .toEqual({ user: 'pgtimewarp_agent', password: 'pw', host: '/var/run/postgresql', database: 'app', port: 5432 });
+  });
+});
+
+describe('redactUrl: a connection string safe to print', () => {
+  it('hides the password of user:password@', () => {
+    expect(redactUrl('postgresql://postgres:s3cret@db:5432/app?sslmode=require')).toBe('postgresql://postgres:***@db:5432/app?sslmode=require');
+    expect(redactUrl('postgres://u:p%40ss%2Fw@db/app')).toBe('postgres://u:***@db/app');
+    expect(redactUrl('postgresql://postgres@db/app')).toBe('postgresql://postgres@db/app');
+  });
+
+  it('hides password= query parameters, in any case and url-encoded, and leaves the others', () => {
+    for (const [url, secret] of [
+      ['postgresql:///app?host=%2Fvar%2Frun%2Fpostgresql&user=u&password=s3cret', 's3cret'],
+      ['postgresql:///app?host=/tmp&PassWord=s3cret', 's3cret'],
+      ['postgresql://db/app?%70assword=s3cret&sslmode=require', 's3cret'],
+      ['postgresql://u:one@db/app?password=two&password=three', 'two'],
+    ] as const) {
+      const redacted = redactUrl(url);
+      expect(redacted, url).not.toContain(secret);
+      expect(redacted, url).not.toMatch(/three|one@/);
+      expect(redacted, url).toMatch(/assword=\*\*\*/i);
+    }
+    expect(redactUrl('postgresql:///app?host=%2Ftmp&user=u&password=s3cret')).toBe('postgresql:///app?host=%2Ftmp&user=u&password=***');
+  });
+
+  it('hides the password of the URLs install writes for the agent, socket hosts too', () => {
+    for (const url of ['postgresql://postgres@db:5432/app', 'postgresql:///app?host=/var/run/postgresql&port=5432']) {
+      const agentUrl = urlWithCredentials(url, 'pgtimewarp_agent', 'pw-0123456789abcdef');
+      expect(agentUrl).toContain('pw-0123456789abcdef');
+      expect(redactUrl(agentUrl)).not.toContain('pw-0123456789abcdef');
+    }
+  });
+
+  it('hides password= in a key/value connection string; one it cannot read is not printed', () => {
+    expect(redactUrl("host=db dbname=app password=s3cret user=u")).toBe('host=db dbname=app password=*** user=u');
+    expect(redactUrl("host=db PASSWORD = 'a \\'quoted\\' secret' user=u")).toBe('host=db PASSWORD=*** user=u');
+    expect(redactUrl("host=db password='never closed")).toBe('host=db password=***');
+    expect(redactUrl('postgresql://u:s3cret@[::1')).toBe('(unparsable connection string)');
+  });
+
+  it('is what the commands use to say where a connection came from', () => {
+    const socketUrl = 'postgresql:///app?host=/var/run/postgresql&user=pgtimewarp_agent&password=s3cret';
+    expect(describeConnection('source', socketUrl, {}, null)).not.toContain('s3cret');
+    expect(describeConnection('store', undefined, { PGTIMEWARP_STORE_URL: socketUrl }, null)).not.toContain('s3cret');
   });
 });

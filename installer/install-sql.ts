@@ -126,6 +126,58 @@ export function redactUrl(connectionString: string): string {
   }
 }
 
+/**
+ * What makes the server write a statement's text somewhere, and the value
+ * that stops it: the statement log, the duration logs (which add the
+ * text), the STATEMENT line of a failing one, and pg_stat_statements'
+ * query texts (kept verbatim for utility statements such as ALTER USER
+ * MAPPING).  Each is for superusers to change (the installer is one on the
+ * source).  The ones this server does not have (an older version, no
+ * pg_stat_statements) are left out.
+ */
+const STATEMENT_TEXT_SINKS: Readonly<Record<string, string>> = {
+  log_statement: 'none',
+  log_min_duration_statement: '-1',
+  log_min_duration_sample: '-1',
+  log_min_error_statement: 'panic',
+  'pg_stat_statements.track_utility': 'off',
+};
+
+/**
+ * Run one statement that carries a secret (a user mapping's password)
+ * without its text reaching the server's log: in a transaction of its own
+ * with STATEMENT_TEXT_SINKS off (SET LOCAL), each sent as a query of its
+ * own, since a multi-statement query is logged whole before any of it
+ * runs.  log_transaction_sample_rate logs every statement of a sampled
+ * transaction, and the sample is drawn when the transaction starts: it is
+ * off for the session from before BEGIN until after COMMIT.  A failure
+ * rolls back; its error (message, detail, hint) does not repeat the
+ * statement.
+ */
+export async function queryUnlogged(c: pg.Client, sql: string): Promise<void> {
+  const names = [...Object.keys(STATEMENT_TEXT_SINKS), 'log_transaction_sample_rate'];
+  const present = new Set((await c.query<{ name: string }>(
+    `SELECT name FROM pg_catalog.pg_settings WHERE name = ANY($1)`, [names],
+  )).rows.map((r) => r.name));
+  const sampled = present.has('log_transaction_sample_rate');
+  if (sampled) await c.query('SET log_transaction_sample_rate = 0');
+  try {
+    await c.query('BEGIN');
+    try {
+      for (const [name, value] of Object.entries(STATEMENT_TEXT_SINKS)) {
+        if (present.has(name)) await c.query(`SET LOCAL ${name} = ${quoteLiteral(value)}`);
+      }
+      await c.query(sql);
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+  } finally {
+    if (sampled) await c.query('RESET log_transaction_sample_rate').catch(() => undefined);
+  }
+}
+
 export function errorMessage(err: unknown): string {
   if (err instanceof pg.DatabaseError) {
     return [err.message, err.detail ? `DETAIL: ${err.detail}` : '', err.hint ? `HINT: ${err.hint}` : '']

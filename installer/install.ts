@@ -21,7 +21,10 @@ import {
 import { configPath, readConfig, resolveConnections, writeConfig, type AgentMode, type InstalledConfig, type Plugin } from './config.js';
 import { buildExtension, buildIsUpToDate, differingFiles, installDirsUnwritable, installExtensionFiles } from './install-extension.js';
 import { applySettings, restartCommand, type RestartCommand } from './install-server.js';
-import { buildUrl, connParams, databaseExists, errorMessage, quoteIdent, quoteLiteral, redactUrl, urlWithCredentials, withClient, withMaintenanceClient } from './install-sql.js';
+import {
+  buildUrl, connParams, databaseExists, errorMessage, queryUnlogged, quoteIdent, quoteLiteral, redactUrl, urlWithCredentials, withClient,
+  withMaintenanceClient,
+} from './install-sql.js';
 import { planThenApply, type PlanThenApplyOptions, type Step, type StepResult } from './install-steps.js';
 import { packageRoot, migrationsDir } from './paths.js';
 import {
@@ -572,12 +575,13 @@ function steps(run: InstallRun): Step[] {
       const owner = await run.extensionOwner();
       const have = await mappingOptions(run, owner);
       const want: Record<string, string> = { user: FDW_ROLE, password: run.fdwPassword };
+      // the statement holds the password in clear: kept out of the server's log
       await run.source$(async (c) => {
         if (have === null) {
-          await c.query(`CREATE USER MAPPING FOR ${quoteIdent(owner)} SERVER pgtimewarp_store OPTIONS (user ${quoteLiteral(FDW_ROLE)}, password ${quoteLiteral(run.fdwPassword)})`);
+          await queryUnlogged(c, `CREATE USER MAPPING FOR ${quoteIdent(owner)} SERVER pgtimewarp_store OPTIONS (user ${quoteLiteral(FDW_ROLE)}, password ${quoteLiteral(run.fdwPassword)})`);
         } else {
           const actions = Object.entries(want).filter(([k, v]) => have[k] !== v).map(([k, v]) => `${k in have ? 'SET' : 'ADD'} ${k} ${quoteLiteral(v)}`);
-          await c.query(`ALTER USER MAPPING FOR ${quoteIdent(owner)} SERVER pgtimewarp_store OPTIONS (${actions.join(', ')})`);
+          await queryUnlogged(c, `ALTER USER MAPPING FOR ${quoteIdent(owner)} SERVER pgtimewarp_store OPTIONS (${actions.join(', ')})`);
         }
       });
       return `${owner} -> ${FDW_ROLE}`;

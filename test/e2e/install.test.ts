@@ -12,7 +12,10 @@
 //     a restart) and changes nothing; with --restart it makes the change and
 //     restarts the server itself (here with wal2json, no agent, and the store
 //     on another server, so each server gets only the roles it needs);
-//     uninstall --drop-store then clears both servers.
+//     uninstall --drop-store then clears both servers;
+//   - under log_statement = all, neither install nor a rerun that repairs
+//     drifted passwords leaves a generated password in the server log, and
+//     a failing statement that carries one is not echoed there either.
 //
 // Each install writes its config (and the agent's pid and log files) into a
 // temp dir through PGTIMEWARP_CONFIG, never /etc.
@@ -25,6 +28,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
+import { queryUnlogged } from '../../installer/install-sql.js';
 import { startCluster, type Cluster } from '../support/cluster.js';
 import { alive } from '../support/process.js';
 import { useCluster } from '../support/use-cluster.js';
@@ -348,5 +352,62 @@ describe('pgtimewarp install against wal_level = replica, with the store on anot
     expect(await footprint(c, 'app', 'elsewhere')).toEqual(NOTHING);
     expect(await footprint(storeServer, 'postgres', 'elsewhere')).toEqual({ ...NOTHING, storeDatabase: '0' });
     expect(existsSync(result.agent.envFile!)).toBe(false);
+  });
+});
+
+describe('passwords never reach the server log', () => {
+  let logged: Cluster | undefined;
+  afterAll(async () => {
+    await logged?.stop();
+  });
+
+  it('install, and reruns that repair drifted passwords, log their statements but no password', async () => {
+    // every statement logged; one that is not logged as a statement gets its text logged with its
+    // duration; a failing one is echoed
+    logged = await startCluster({ settings: { log_statement: 'all', log_min_duration_statement: '0', log_min_error_statement: 'error' } });
+    const c = logged;
+    const configDir = tempDir();
+    await c.psql('CREATE DATABASE app');
+    const args = ['install', '--source', c.url('app'), '--store', c.url('history'), '--agent', 'none', '--yes', '--json'];
+    const first = await cli(args, configDir);
+    expect(first.code, `${first.stdout}\n${first.stderr}`).toBe(0);
+    const config = JSON.parse(readFileSync(join(configDir, 'config.json'), 'utf8')) as { agentPassword: string; fdwPassword: string };
+    const passwords = [config.agentPassword, config.fdwPassword];
+    expect(passwords.every((p) => /^[0-9a-f]{48}$/.test(p))).toBe(true);
+
+    // the user mapping's and the roles' passwords changed behind install's back: the rerun sets them again
+    await c.psql(`ALTER USER MAPPING FOR postgres SERVER pgtimewarp_store OPTIONS (SET password 'drifted')`, 'app');
+    await c.psql(`ALTER ROLE pgtimewarp_agent PASSWORD 'drifted'`);
+    await c.psql(`ALTER ROLE pgtimewarp_fdw PASSWORD 'drifted'`);
+    const repair = await cli(args, configDir);
+    expect(repair.code, `${repair.stdout}\n${repair.stderr}`).toBe(0);
+    expect(parsed<InstallJson>(repair).steps.filter((s) => s.status === 'changed').map((s) => s.id)).toEqual(['roles', 'user-mapping']);
+    expect(await value(c, `SELECT array_to_string(umoptions, ',') FROM pg_user_mappings WHERE srvname = 'pgtimewarp_store'`, 'app'))
+      .toBe(`user=pgtimewarp_fdw,password=${config.fdwPassword}`);
+    // and the mapping gone altogether: made again
+    await c.psql('DROP USER MAPPING FOR postgres SERVER pgtimewarp_store', 'app');
+    const remake = await cli(args, configDir);
+    expect(remake.code, `${remake.stdout}\n${remake.stderr}`).toBe(0);
+    expect(statusOf(parsed<InstallJson>(remake), 'user-mapping')).toBe('changed');
+
+    // a statement carrying a password that fails: the error says why, and neither it nor the log repeats the password
+    const client = await c.connect('app');
+    const failed = await queryUnlogged(client, `ALTER USER MAPPING FOR postgres SERVER no_such_server OPTIONS (SET password 'failing-${passwords[0]}')`)
+      .then(() => null, (err: unknown) => err);
+    expect(String(failed)).toMatch(/server "no_such_server" does not exist/);
+    expect(String(failed)).not.toContain(passwords[0]);
+    // the session's settings are as they were
+    expect((await client.query<{ s: string }>(`SELECT current_setting('log_statement') AS s`)).rows[0]!.s).toBe('all');
+    await client.query(`SELECT 'after the secret' AS marker`);
+    await client.end();
+
+    const log = readFileSync(c.logFile, 'utf8');
+    // statements are logged, install's own and the failing one's error
+    expect(log).toContain(`statement: ALTER USER MAPPING FOR postgres SERVER pgtimewarp_store OPTIONS (SET password 'drifted')`);
+    expect(log).toMatch(/statement: CREATE EXTENSION pgtimewarp CASCADE/);
+    expect(log).toMatch(/duration: [0-9.]+ ms$/m);
+    expect(log).toContain('ERROR:  server "no_such_server" does not exist');
+    expect(log).toContain(`statement: SELECT 'after the secret' AS marker`);
+    for (const password of passwords) expect(log).not.toContain(password);
   });
 });

@@ -16,6 +16,12 @@
 //      the same row: numeric drops trailing fractional zeros (1.50 -> 1.5),
 //      float4/float8 print negative zero as 0.  Domains follow their base type.
 //   3. The key is the array of those texts in primary key column order.
+//   4. In the store's index (row_versions.pk) a key longer than
+//      LONG_KEY_BYTES in all is replaced by its digest (indexKey), and kept
+//      whole beside it (row_versions.pk_full): a btree entry holds at most
+//      about 2,700 bytes, and no key the source accepts may be refused.
+
+import { createHash } from 'node:crypto';
 
 /** Session settings under which values are printed, name -> value. */
 export const CANONICAL_SETTINGS: Readonly<Record<string, string>> = Object.freeze({
@@ -87,4 +93,33 @@ function trimNumericScale(text: string): string {
     end--;
   }
   return end === point + 1 ? text.slice(0, point) : text.slice(0, end);
+}
+
+/**
+ * Keys longer than this, in UTF-8 bytes of all their values, are indexed by
+ * digest (migrations/3_safe_history.sql; PGTW_LONG_KEY_BYTES in the extension).
+ */
+export const LONG_KEY_BYTES = 512;
+
+/**
+ * The form a canonical key takes in row_versions.pk: the key itself, or
+ * for a long key [null, SHA-256 hex] of each value's UTF-8 bytes preceded by
+ * their length and a colon.  No key has a null element, so no key takes the
+ * digest form itself.  The extension's pgtimewarp_index_key() and the
+ * store's pgtimewarp_store.index_key() compute the same.
+ */
+export function indexKey(key: readonly string[]): Array<string | null> {
+  const bytes = key.map((e) => Buffer.from(e, 'utf8'));
+  if (bytes.reduce((n, b) => n + b.length, 0) <= LONG_KEY_BYTES) return [...key];
+  const hash = createHash('sha256');
+  for (const b of bytes) {
+    hash.update(`${b.length}:`);
+    hash.update(b);
+  }
+  return [null, hash.digest('hex')];
+}
+
+/** Whether a key is stored by digest, and so kept whole in pk_full. */
+export function isLongKey(key: readonly string[]): boolean {
+  return indexKey(key)[0] === null;
 }

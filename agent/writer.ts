@@ -29,6 +29,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 
 import type { AssembledTransaction, SpillOp, TrackedTable, VersionOp, VersionWrite } from './assemble.js';
 import { lsnFromText, lsnToText, type Lsn } from './decode.js';
+import { indexKey } from './key.js';
 import { unixMicrosToIso } from './pgtime.js';
 
 export interface Checkpoint {
@@ -207,6 +208,8 @@ export class StoreWriter {
            schema_name text NOT NULL,
            table_name text NOT NULL,
            pk text[] COLLATE "C" NOT NULL,
+           -- keyed by the store's index form of pk: a long key would not fit
+           pk_index text[] COLLATE "C" NOT NULL,
            born_here boolean NOT NULL,
            after_truncate boolean NOT NULL,
            row_data jsonb,
@@ -214,7 +217,7 @@ export class StoreWriter {
            carry_from_pk text[] COLLATE "C",
            first_removal text,
            prior_live boolean NOT NULL DEFAULT false,
-           PRIMARY KEY (schema_name, table_name, pk)
+           PRIMARY KEY (schema_name, table_name, pk_index)
          ) ON COMMIT DROP`));
     }
     await this.run(() => (op.kind === 'merge' ? this.mergeSpilled(op.keys) : this.truncateSpilled(op.schema, op.table)));
@@ -272,7 +275,7 @@ export class StoreWriter {
                 coalesce(e.carry_from_pk, e.pk) AS e_carry
            FROM s LEFT JOIN ${SPILL} e
              ON cardinality(s."toastColumns") > 0 AND e.schema_name = s.schema
-            AND e.table_name = s."table" AND e.pk = coalesce(s."carryFromPk", s.pk)
+            AND e.table_name = s."table" AND e.pk_index = pgtimewarp_store.index_key(coalesce(s."carryFromPk", s.pk))
        ), resolved AS (
          SELECT r.*,
                 CASE WHEN found THEN ARRAY(SELECT c FROM unnest(r."toastColumns") c WHERE c = ANY (r.e_toast))
@@ -280,8 +283,8 @@ export class StoreWriter {
            FROM r
        ), merged AS (
          INSERT INTO ${SPILL} AS t
-                (schema_name, table_name, pk, born_here, after_truncate, row_data, toast, carry_from_pk, first_removal)
-         SELECT schema, "table", pk, "bornHere", "afterTruncate",
+                (schema_name, table_name, pk, pk_index, born_here, after_truncate, row_data, toast, carry_from_pk, first_removal)
+         SELECT schema, "table", pk, pgtimewarp_store.index_key(pk), "bornHere", "afterTruncate",
                 CASE WHEN found
                      THEN "rowData" || coalesce((SELECT jsonb_object_agg(c, e_row -> c) FROM unnest("toastColumns") c
                                                   WHERE e_row ? c), '{}')
@@ -290,7 +293,7 @@ export class StoreWriter {
                 CASE WHEN cardinality(left_toast) = 0 THEN NULL WHEN found THEN e_carry ELSE "carryFromPk" END,
                 "firstRemoval"
            FROM resolved
-         ON CONFLICT (schema_name, table_name, pk) DO UPDATE
+         ON CONFLICT (schema_name, table_name, pk_index) DO UPDATE
             SET row_data = EXCLUDED.row_data, toast = EXCLUDED.toast, carry_from_pk = EXCLUDED.carry_from_pk,
                 first_removal = coalesce(t.first_removal, EXCLUDED.first_removal)
          RETURNING 1)
@@ -400,7 +403,7 @@ export class StoreWriter {
    */
   private async copyVersions(rows: VersionRow[]): Promise<void> {
     const copy = this.store.query(copyFrom(
-      'COPY pgtimewarp_store.row_versions (valid_from_lsn, valid_from_ts, relation_id, op, pk, row_data) FROM STDIN',
+      'COPY pgtimewarp_store.row_versions (valid_from_lsn, valid_from_ts, relation_id, op, pk, pk_full, row_data) FROM STDIN',
     ));
     // the text is made chunk by chunk as the stream asks for it: a batch's
     // rows are in memory once, not once more as text
@@ -418,9 +421,9 @@ export class StoreWriter {
       const relationId = relations.get(tableKey(schema, table));
       if (relationId === undefined) continue; // its history was deleted
       await this.store.query(
-        `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)
-         SELECT $1, l.pk, $2, $3, 't', NULL
-           FROM (SELECT DISTINCT ON (pk) pk, op FROM pgtimewarp_store.row_versions
+        `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
+         SELECT $1, l.pk, l.pk_full, $2, $3, 't', NULL
+           FROM (SELECT DISTINCT ON (pk) pk, pk_full, op FROM pgtimewarp_store.row_versions
                   WHERE relation_id = $1 AND valid_from_lsn < $2
                   ORDER BY pk DESC, valid_from_lsn DESC) AS l
           WHERE l.op NOT IN ('d', 't')
@@ -453,13 +456,14 @@ export class StoreWriter {
     // values not sent: from the latest version of the key they come from
     await this.store.query(
       `WITH prev AS (
-         SELECT p.schema_name, p.table_name, p.pk, v.row_data
+         SELECT p.schema_name, p.table_name, p.pk_index, v.row_data
            FROM ${SPILL} p
            JOIN pgtimewarp_store.tracked_relations r
              ON r.node_id = $1 AND r.schema_name = p.schema_name AND r.table_name = p.table_name
           CROSS JOIN LATERAL (
                 SELECT w.row_data FROM pgtimewarp_store.row_versions w
-                 WHERE w.relation_id = r.relation_id AND w.pk = coalesce(p.carry_from_pk, p.pk)
+                 WHERE w.relation_id = r.relation_id
+                   AND w.pk = pgtimewarp_store.index_key(coalesce(p.carry_from_pk, p.pk))
                  ORDER BY w.valid_from_lsn DESC LIMIT 1) AS v
           WHERE cardinality(p.toast) > 0 AND p.row_data IS NOT NULL AND v.row_data IS NOT NULL)
        UPDATE ${SPILL} p
@@ -467,7 +471,7 @@ export class StoreWriter {
                                                   WHERE prev.row_data ? c), '{}'),
               toast = '{}'
          FROM prev
-        WHERE p.schema_name = prev.schema_name AND p.table_name = prev.table_name AND p.pk = prev.pk`,
+        WHERE p.schema_name = prev.schema_name AND p.table_name = prev.table_name AND p.pk_index = prev.pk_index`,
       [this.nodeId],
     );
     const uncarried = await this.store.query<{ schema_name: string; table_name: string; pk: string[]; toast: string[]; carry: string[] }>(
@@ -485,23 +489,23 @@ export class StoreWriter {
     // before; whether a row was there before tells insert from update
     await this.store.query(
       `WITH prior AS (
-         SELECT p.schema_name, p.table_name, p.pk, v.row_data IS NOT NULL AS live
+         SELECT p.schema_name, p.table_name, p.pk_index, v.row_data IS NOT NULL AS live
            FROM ${SPILL} p
            JOIN pgtimewarp_store.tracked_relations r
              ON r.node_id = $1 AND r.schema_name = p.schema_name AND r.table_name = p.table_name
           CROSS JOIN LATERAL (
                 SELECT w.row_data FROM pgtimewarp_store.row_versions w
-                 WHERE w.relation_id = r.relation_id AND w.pk = p.pk AND w.valid_from_lsn < $2
+                 WHERE w.relation_id = r.relation_id AND w.pk = p.pk_index AND w.valid_from_lsn < $2
                  ORDER BY w.valid_from_lsn DESC LIMIT 1) AS v
           WHERE p.row_data IS NOT NULL OR NOT (p.born_here OR p.after_truncate))
        UPDATE ${SPILL} p SET prior_live = prior.live
          FROM prior
-        WHERE p.schema_name = prior.schema_name AND p.table_name = prior.table_name AND p.pk = prior.pk`,
+        WHERE p.schema_name = prior.schema_name AND p.table_name = prior.table_name AND p.pk_index = prior.pk_index`,
       [this.nodeId, commitLsn],
     );
     const inserted = await this.store.query(
-      `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)
-       SELECT r.relation_id, p.pk, $2, $3,
+      `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
+       SELECT r.relation_id, p.pk_index, CASE WHEN p.pk_index[1] IS NULL THEN p.pk END, $2, $3,
               CASE WHEN p.row_data IS NULL THEN CASE p.first_removal WHEN 'truncate' THEN 't' ELSE 'd' END
                    WHEN p.born_here THEN 'i'
                    WHEN p.after_truncate AND NOT p.prior_live THEN 'i'
@@ -524,7 +528,7 @@ export class StoreWriter {
   private async latestVersions(keys: Array<{ schema: string; table: string; pk: string[] }>, relations: RelationIds): Promise<Map<string, Latest>> {
     const probes = keys.flatMap((k, i) => {
       const r = relations.get(tableKey(k.schema, k.table));
-      return r === undefined ? [] : [{ i, r, k: k.pk }];
+      return r === undefined ? [] : [{ i, r, k: indexKey(k.pk) }];
     });
     const res = await this.store.query<{ i: number; row_data: Record<string, string | null> | null }>(
       `SELECT p.i, v.row_data
@@ -585,16 +589,24 @@ function copyText(value: string): string {
 }
 const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
 
-/** A text[] literal, every element quoted. */
-function arrayLiteral(elements: string[]): string {
-  return `{${elements.map((e) => `"${e.replace(/["\\]/g, (c) => `\\${c}`)}"`).join(',')}}`;
+/** A text[] literal, every element quoted but NULL. */
+function arrayLiteral(elements: Array<string | null>): string {
+  return `{${elements.map((e) => (e === null ? 'NULL' : `"${e.replace(/["\\]/g, (c) => `\\${c}`)}"`)).join(',')}}`;
+}
+
+/** pk and pk_full as COPY fields: a long key is indexed by digest and kept whole (agent/key.ts). */
+function keyFields(key: string[]): string {
+  const index = indexKey(key);
+  return index[0] === null
+    ? `${copyText(arrayLiteral(index))}\t${copyText(arrayLiteral(key))}`
+    : `${copyText(arrayLiteral(key))}\t\\N`;
 }
 
 /** The rows as COPY text, in chunks of about 256 kB, so the stream writes few, large buffers. */
 function* copyChunks(rows: VersionRow[]): Generator<string> {
   let chunk = '';
   for (const x of rows) {
-    chunk += `${x.l}\t${x.t}\t${x.r}\t${x.o}\t${copyText(arrayLiteral(x.k))}\t${x.d === null ? '\\N' : copyText(JSON.stringify(x.d))}\n`;
+    chunk += `${x.l}\t${x.t}\t${x.r}\t${x.o}\t${keyFields(x.k)}\t${x.d === null ? '\\N' : copyText(JSON.stringify(x.d))}\n`;
     if (chunk.length >= 256 * 1024) {
       yield chunk;
       chunk = '';

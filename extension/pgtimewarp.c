@@ -31,6 +31,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/indexing.h"
+#include "mb/pg_wchar.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_publication.h"
@@ -53,6 +54,8 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/rls.h"
+#include "utils/syscache.h"
 #include "utils/pg_lsn.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -84,6 +87,7 @@ typedef struct TargetTable
 	char	   *schema_name;
 	char	   *table_name;
 	char	   *display_name;	/* schema-qualified, quoted where needed */
+	char	   *display_literal;	/* display_name as an SQL literal, for hints */
 	int			npk;
 	AttrNumber *pk_attnums;		/* primary key columns in index order */
 	char	  **pk_names;
@@ -95,11 +99,22 @@ typedef struct TargetTable
 	bool		show_former_columns;
 } TargetTable;
 
+/* A stretch of a table's history the store knows it lacks (history_gaps). */
+typedef struct HistoryGap
+{
+	XLogRecPtr	from_lsn;
+	TimestampTz from_ts;
+	XLogRecPtr	to_lsn;			/* InvalidXLogRecPtr while open */
+	TimestampTz to_ts;
+	char	   *reason;
+} HistoryGap;
+
 /* What the store says about a tracked table, and how far its history goes. */
 typedef struct Tracking
 {
 	char	   *node_id;
 	int32		relation_id;	/* the store's id of this tracked incarnation */
+	Oid			relid;			/* the source table's OID it belongs to */
 	XLogRecPtr	from_lsn;
 	TimestampTz from_ts;
 	bool		untracked;
@@ -109,6 +124,8 @@ typedef struct Tracking
 	XLogRecPtr	horizon_lsn;
 	TimestampTz horizon_ts;
 	ArrayType  *pk_columns;
+	int			ngaps;
+	HistoryGap *gaps;			/* in from_lsn order */
 } Tracking;
 
 /* One version of one row, copied out of SPI memory. */
@@ -121,6 +138,19 @@ typedef struct RowVersion
 	const char *op;
 	Jsonb	   *row_data;		/* NULL for delete and truncate tombstones */
 } RowVersion;
+
+/* Text values to read as their columns' types, and where to put them. */
+typedef struct ParseJob
+{
+	int			n;
+	Form_pg_attribute *attrs;
+	char	  **texts;
+	bool		keep_typmod;	/* apply the column's typmod (asof_row) or not */
+	Datum	   *values;
+	int			done;			/* values parsed so far: the failing one is next */
+} ParseJob;
+
+static ErrorData *parse_job_try(ParseJob *job);
 
 /* State saved while running SPI against the store as the extension owner. */
 typedef struct StoreSession
@@ -142,6 +172,8 @@ PG_FUNCTION_INFO_V1(pgtimewarp_status);
 PG_FUNCTION_INFO_V1(pgtimewarp_pk_key);
 PG_FUNCTION_INFO_V1(pgtimewarp_canonical_text);
 PG_FUNCTION_INFO_V1(pgtimewarp_canonical_key_text);
+PG_FUNCTION_INFO_V1(pgtimewarp_index_key);
+PG_FUNCTION_INFO_V1(pgtimewarp_attach);
 
 /* ----------------------------------------------------------------
  * Small helpers
@@ -428,11 +460,12 @@ describe_target(Relation rel, TargetTable *target)
 	target->table_name = pstrdup(RelationGetRelationName(rel));
 	target->display_name = quote_qualified_identifier(target->schema_name,
 													  target->table_name);
+	target->display_literal = quote_literal_cstr(target->display_name);
 
 	if (!OidIsValid(pkoid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" has no primary key", target->display_name),
+				 errmsg("table %s has no primary key", target->display_name),
 				 errdetail("pgtimewarp identifies the versions of a row by its primary key."),
 				 errhint("Add one with ALTER TABLE %s ADD PRIMARY KEY (...), then try again.",
 						 target->display_name)));
@@ -457,22 +490,23 @@ describe_target(Relation rel, TargetTable *target)
  * the whole row, like SELECT *, or an error.
  */
 static void
-check_select_privilege(TargetTable *target)
+check_select_privilege(Oid relid, bool *show_former_columns)
 {
 	Oid			userid = GetUserId();
+	char	   *name;
 
-	target->show_former_columns =
-		pg_class_aclcheck(target->relid, userid, ACL_SELECT) == ACLCHECK_OK;
-	if (target->show_former_columns)
+	*show_former_columns = pg_class_aclcheck(relid, userid, ACL_SELECT) == ACLCHECK_OK;
+	if (*show_former_columns)
 		return;
-	if (pg_attribute_aclcheck_all(target->relid, userid, ACL_SELECT,
-								  ACLMASK_ALL) == ACLCHECK_OK)
+	if (pg_attribute_aclcheck_all(relid, userid, ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK)
 		return;
+	name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									  get_rel_name(relid));
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for table %s", target->display_name),
+			 errmsg("permission denied for table %s", name),
 			 errdetail("pgtimewarp shows the history of a table only to roles that may SELECT all of its columns now."),
-			 errhint("Ask the table's owner for SELECT on %s.", target->display_name)));
+			 errhint("Ask the table's owner for SELECT on %s.", name)));
 }
 
 static char *
@@ -485,19 +519,81 @@ relation_display_name(Relation rel)
 									  RelationGetRelationName(rel));
 }
 
-/* Open a table for a history query: lock, describe, check privileges. */
+/*
+ * The relation an OID argument names, or an error a user can act on.  A
+ * regclass written as a number (or 0) skips the name lookup, and with it
+ * the existence check.
+ */
+static void
+require_relation_exists(Oid relid)
+{
+	if (!OidIsValid(relid) || !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid),
+				 errhint("Name the table, e.g. 'myschema.mytable'::regclass.")));
+}
+
+/*
+ * A table given by OID skips the schema's USAGE check that a name would
+ * have had to pass: check it here, as reading the table by name would.
+ */
+static void
+check_schema_usage(Oid relid)
+{
+	Oid			nspid = get_rel_namespace(relid);
+
+	if (pg_namespace_aclcheck(nspid, GetUserId(), ACL_USAGE) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_SCHEMA, get_namespace_name(nspid));
+}
+
+/*
+ * Row-level security decides which of a table's rows a role may see today;
+ * pgtimewarp does not apply policies to past row images (README, "Access"),
+ * so a role subject to them sees no history of the table.  Policies are
+ * not applied because they would not be exact: a policy reads today's
+ * state (current_user's attributes, other tables), and a past image judged
+ * by it can show a row that was then someone else's, or hide one.
+ */
+static void
+refuse_row_security(TargetTable *target)
+{
+	if (check_enable_rls(target->relid, InvalidOid, true) != RLS_ENABLED)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("table %s has row-level security, which pgtimewarp does not apply to history",
+					target->display_name),
+			 errdetail("Role %s may see only the rows of %s its policies allow, and pgtimewarp cannot tell which past row versions those are.",
+					   quote_identifier(GetUserNameFromId(GetUserId(), false)),
+					   target->display_name),
+			 errhint("Read the history as the table's owner or as a role with BYPASSRLS.")));
+}
+
+/*
+ * Open a table for a history query: check privileges (before locking, as
+ * SELECT would: a role that may not read the table must not queue behind
+ * or ahead of its writers), lock, describe.
+ */
 static Relation
 open_for_history(Oid relid, TargetTable *target)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
+	Relation	rel;
+	bool		show_former_columns;
+
+	require_relation_exists(relid);
+	check_schema_usage(relid);
+	check_select_privilege(relid, &show_former_columns);
+	rel = table_open(relid, AccessShareLock);
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table", relation_display_name(rel)),
+				 errmsg("%s is not a table", relation_display_name(rel)),
 				 errdetail("pgtimewarp keeps history of ordinary tables only.")));
 	describe_target(rel, target);
-	check_select_privilege(target);
+	target->show_former_columns = show_former_columns;
+	refuse_row_security(target);
 	return rel;
 }
 
@@ -551,7 +647,7 @@ json_scalar_text(JsonbValue *v, const char *column, TargetTable *target)
 		case jbvNull:
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("primary key column \"%s\" of table \"%s\" cannot be null",
+					 errmsg("primary key column \"%s\" of table %s cannot be null",
 							column, target->display_name)));
 			break;
 		default:
@@ -563,6 +659,9 @@ json_scalar_text(JsonbValue *v, const char *column, TargetTable *target)
 	}
 	return NULL;				/* keep compiler quiet */
 }
+
+/* A key value longer than this is not echoed whole in an error. */
+#define KEY_ECHO_LIMIT 256
 
 /*
  * The canonical store key of `pk`, a JSON object naming every primary key
@@ -586,7 +685,7 @@ encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("primary key must be a JSON object"),
-				 errdetail("Table \"%s\" has primary key (%s).",
+				 errdetail("Table %s has primary key (%s).",
 						   target->display_name, expected),
 				 errhint("Pass the key as {\"column\": value, ...}, e.g. '{\"%s\": ...}'.",
 						 target->pk_names[0])));
@@ -605,10 +704,10 @@ encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
 		if (!known)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("\"%.*s\" is not a primary key column of table \"%s\"",
+					 errmsg("\"%.*s\" is not a primary key column of table %s",
 							(int) v.val.string.len, v.val.string.val,
 							target->display_name),
-					 errdetail("Table \"%s\" has primary key (%s).",
+					 errdetail("Table %s has primary key (%s).",
 							   target->display_name, expected),
 					 errhint("Name exactly the primary key columns in the key object.")));
 	}
@@ -624,23 +723,40 @@ encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
 		Oid			typinput;
 		Oid			typioparam;
 		ErrorContextCallback errcallback;
+		char	   *text_value;
 
 		if (jv == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("primary key column \"%s\" is missing from the key",
 							target->pk_names[i]),
-					 errdetail("Table \"%s\" has primary key (%s).",
+					 errdetail("Table %s has primary key (%s).",
 							   target->display_name, expected),
 					 errhint("Name every primary key column in the key object.")));
+		text_value = json_scalar_text(jv, target->pk_names[i], target);
+		if (strlen(text_value) > KEY_ECHO_LIMIT)
+		{
+			/* its type's error would echo it whole: say it shorter */
+			ParseJob	job = {1, &attr, &text_value, true, &typed[i], 0};
+			ErrorData  *edata = parse_job_try(&job);
+
+			if (edata != NULL)
+				ereport(ERROR,
+						(errcode(edata->sqlerrcode),
+						 errmsg("invalid value for primary key column \"%s\" of type %s: \"%.*s...\" (%zu characters)",
+								target->pk_names[i], format_type_be(attr->atttypid),
+								pg_mbcliplen(text_value, strlen(text_value), KEY_ECHO_LIMIT / 4),
+								text_value, strlen(text_value)),
+						 errdetail("The value is not valid input for type %s.",
+								   format_type_be(attr->atttypid))));
+			continue;
+		}
 		errcallback.callback = key_column_error_context;
 		errcallback.arg = target->pk_names[i];
 		errcallback.previous = error_context_stack;
 		error_context_stack = &errcallback;
 		getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
-		typed[i] = OidInputFunctionCall(typinput,
-										json_scalar_text(jv, target->pk_names[i], target),
-										typioparam, attr->atttypmod);
+		typed[i] = OidInputFunctionCall(typinput, text_value, typioparam, attr->atttypmod);
 		error_context_stack = errcallback.previous;
 	}
 
@@ -659,6 +775,72 @@ encode_pk(Relation rel, TargetTable *target, Jsonb *pk)
 	canonical_settings_end(level);
 
 	return construct_array(elems, target->npk, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+/*
+ * Keys longer than this, in UTF-8 bytes of all their values, are indexed in
+ * the store by digest (migrations/3_safe_history.sql): a btree entry holds
+ * at most about 2,700 bytes, and no key the source accepts may make the
+ * store refuse a version.  agent/key.ts LONG_KEY_BYTES is the same.
+ */
+#define PGTW_LONG_KEY_BYTES 512
+
+/*
+ * The form `key` takes in the store's index (row_versions.pk): the key
+ * itself, or for a long key ARRAY[NULL, sha256 hex] over each value's UTF-8
+ * bytes preceded by their length and a colon.  No key has a NULL element,
+ * so none takes the digest form itself.  agent/key.ts indexKey() and the
+ * store's pgtimewarp_store.index_key() compute the same.
+ */
+static ArrayType *
+index_key_of(ArrayType *key)
+{
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			n;
+	char	  **utf8;
+	int		   *lens;
+	size_t		total = 0;
+	pgtw_sha256_ctx ctx;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
+	Datum		form[2];
+	bool		form_nulls[2] = {true, false};
+	int			dims[1] = {2};
+	int			lbs[1] = {1};
+
+	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &n);
+	utf8 = palloc(sizeof(char *) * Max(n, 1));
+	lens = palloc(sizeof(int) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		text	   *t = DatumGetTextPP(elems[i]);
+
+		if (elem_nulls[i])
+			elog(ERROR, "a pgtimewarp key has a NULL value");
+		utf8[i] = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
+		lens[i] = utf8[i] == VARDATA_ANY(t) ? VARSIZE_ANY_EXHDR(t) : strlen(utf8[i]);
+		total += lens[i];
+	}
+	if (total <= PGTW_LONG_KEY_BYTES)
+		return key;
+
+	ctx = pgtw_sha256_begin();
+	for (int i = 0; i < n; i++)
+	{
+		char		prefix[16];
+		int			plen = snprintf(prefix, sizeof(prefix), "%d:", lens[i]);
+
+		pgtw_sha256_update(ctx, (uint8 *) prefix, plen);
+		pgtw_sha256_update(ctx, (uint8 *) utf8[i], lens[i]);
+	}
+	pgtw_sha256_end(ctx, digest);
+	for (int i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
+		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+
+	form[0] = (Datum) 0;
+	form[1] = CStringGetTextDatum(hex);
+	return construct_md_array(form, form_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT);
 }
 
 /* ----------------------------------------------------------------
@@ -681,7 +863,7 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 	args[2] = CStringGetTextDatum(target->table_name);
 	store_execute("SELECT r.pk_columns, r.tracked_from_lsn, r.tracked_from_ts,"
 				  "       r.untracked_lsn, r.untracked_ts,"
-				  "       c.confirmed_lsn, c.confirmed_ts, r.relation_id"
+				  "       c.confirmed_lsn, c.confirmed_ts, r.relation_id, r.relid"
 				  "  FROM pgtimewarp.tracked_relations r"
 				  "  LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
 				  " WHERE r.node_id = $1 AND r.schema_name = $2 AND r.table_name = $3",
@@ -699,6 +881,8 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 		MemoryContextSwitchTo(oldcxt);
 	}
 	t->relation_id = DatumGetInt32(spi_value(0, 8, &isnull, ss->caller_cxt));
+	d = spi_value(0, 9, &isnull, ss->caller_cxt);
+	t->relid = isnull ? InvalidOid : DatumGetObjectId(d);
 	t->from_lsn = DatumGetLSN(spi_value(0, 2, &isnull, ss->caller_cxt));
 	t->from_ts = DatumGetTimestampTz(spi_value(0, 3, &isnull, ss->caller_cxt));
 	d = spi_value(0, 4, &isnull, ss->caller_cxt);
@@ -725,9 +909,62 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 static void check_history_key(Tracking *t, TargetTable *target);
 
 /*
+ * A tracked table's history belongs to that table, not to its name: a
+ * table created later under the name (after a DROP, or by pg_restore) gets
+ * a new OID, and reads, extends or deletes none of it until a privileged
+ * role says it is the same table (pgtimewarp_attach).
+ */
+static void
+require_same_table(Tracking *t, TargetTable *target)
+{
+	if (t->relid == target->relid)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the history stored under the name %s belongs to another table",
+					target->display_name),
+			 errdetail("It was recorded from the table with OID %u, tracked since %s; table %s has OID %u: it was created later under the same name, or restored from a dump.",
+					   t->relid, timestamptz_to_cstring(t->from_ts),
+					   target->display_name, target->relid),
+			 errhint("If %s is that table restored from a dump, a role with the privileges of the pgtimewarp extension's owner can attach the history to it: SELECT pgtimewarp_attach(%s);",
+					 target->display_name, target->display_literal)));
+}
+
+/* The gaps the store has recorded in the history of t (history_gaps). */
+static void
+load_gaps(StoreSession *ss, Tracking *t)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1];
+
+	args[0] = Int32GetDatum(t->relation_id);
+	store_execute("SELECT from_lsn, from_ts, to_lsn, to_ts, reason"
+				  "  FROM pgtimewarp.history_gaps WHERE relation_id = $1"
+				  " ORDER BY from_lsn",
+				  1, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
+	t->ngaps = (int) SPI_processed;
+	t->gaps = t->ngaps == 0 ? NULL :
+		MemoryContextAllocZero(ss->caller_cxt, sizeof(HistoryGap) * t->ngaps);
+	for (int i = 0; i < t->ngaps; i++)
+	{
+		HistoryGap *g = &t->gaps[i];
+		bool		isnull;
+		Datum		d;
+
+		g->from_lsn = DatumGetLSN(spi_value(i, 1, &isnull, ss->caller_cxt));
+		g->from_ts = DatumGetTimestampTz(spi_value(i, 2, &isnull, ss->caller_cxt));
+		d = spi_value(i, 3, &isnull, ss->caller_cxt);
+		g->to_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
+		d = spi_value(i, 4, &isnull, ss->caller_cxt);
+		g->to_ts = isnull ? 0 : DatumGetTimestampTz(d);
+		g->reason = spi_cstring(i, 5, ss->caller_cxt);
+	}
+}
+
+/*
  * Tracking state of a table a history query is about.  Errors when the table
- * is not tracked, or when its primary key is no longer the one the store's
- * keys were made from.
+ * is not tracked, when the history under its name is another table's, or
+ * when its primary key is no longer the one the store's keys were made from.
  */
 static Tracking *
 require_tracking(StoreSession *ss, TargetTable *target)
@@ -738,12 +975,44 @@ require_tracking(StoreSession *ss, TargetTable *target)
 	if (t == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" is not tracked by pgtimewarp", target->display_name),
+				 errmsg("table %s is not tracked by pgtimewarp", target->display_name),
 				 errdetail("The store has no history of it for node \"%s\".", node_id),
-				 errhint("Start recording its history with SELECT pgtimewarp_track('%s').",
-						 target->display_name)));
+				 errhint("Start recording its history with SELECT pgtimewarp_track(%s).",
+						 target->display_literal)));
+	require_same_table(t, target);
 	check_history_key(t, target);
+	load_gaps(ss, t);
 	return t;
+}
+
+/*
+ * Errors when history over [from_lsn, to_lsn] crosses a gap the store has
+ * recorded: the answer would miss changes, and nothing may hide that.  A
+ * version visible at from_lsn began before it, so a gap that began before
+ * from_lsn and is still open at it counts too.
+ */
+static void
+refuse_gaps(TargetTable *target, Tracking *t, XLogRecPtr from_lsn, XLogRecPtr to_lsn)
+{
+	for (int i = 0; i < t->ngaps; i++)
+	{
+		HistoryGap *g = &t->gaps[i];
+		bool		open = g->to_lsn == InvalidXLogRecPtr;
+
+		if (g->from_lsn > to_lsn || (!open && g->to_lsn <= from_lsn))
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("history of table %s has a gap from %s (LSN %s)%s%s",
+						target->display_name, timestamptz_to_cstring(g->from_ts),
+						lsn_to_cstring(g->from_lsn),
+						open ? "" : " to ", open ? "" : timestamptz_to_cstring(g->to_ts)),
+				 errdetail("The store lacks changes of the table %s: %s.",
+						   open ? "from then on" : "in that time", g->reason),
+				 open ? errhint("Ask for a time before %s.", timestamptz_to_cstring(g->from_ts)) :
+				 errhint("Ask for a time before %s or from %s on.",
+						 timestamptz_to_cstring(g->from_ts), timestamptz_to_cstring(g->to_ts))));
+	}
 }
 
 /* Errors when the table's primary key is not the one its history is keyed by. */
@@ -767,7 +1036,7 @@ check_history_key(Tracking *t, TargetTable *target)
 			old[i] = TextDatumGetCString(names[i]);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("primary key of table \"%s\" changed since tracking began",
+				 errmsg("primary key of table %s changed since tracking began",
 						target->display_name),
 				 errdetail("History is keyed by (%s); the table's primary key is now (%s).",
 						   join_names(old, nnames),
@@ -781,9 +1050,9 @@ error_before_tracking(TargetTable *target, Tracking *t, const char *asked)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_EXCEPTION),
-			 errmsg("no history of table \"%s\" before %s",
+			 errmsg("no history of table %s before %s",
 					target->display_name, timestamptz_to_cstring(t->from_ts)),
-			 errdetail("Tracking of table \"%s\" began at %s (LSN %s); %s is earlier.",
+			 errdetail("Tracking of table %s began at %s (LSN %s); %s is earlier.",
 					   target->display_name, timestamptz_to_cstring(t->from_ts),
 					   lsn_to_cstring(t->from_lsn), asked),
 			 errhint("Ask for a time at or after %s.", timestamptz_to_cstring(t->from_ts))));
@@ -794,7 +1063,7 @@ warn_beyond_horizon(TargetTable *target, Tracking *t, const char *asked)
 {
 	ereport(WARNING,
 			(errcode(ERRCODE_WARNING),
-			 errmsg("history of table \"%s\" is complete only up to %s (LSN %s)",
+			 errmsg("history of table %s is complete only up to %s (LSN %s)",
 					target->display_name, timestamptz_to_cstring(t->horizon_ts),
 					lsn_to_cstring(t->horizon_lsn)),
 			 errdetail("%s is later than the last change the pgtimewarp agent has stored; later changes may be missing from the answer.",
@@ -814,7 +1083,7 @@ clamp_to_known_history(TargetTable *target, Tracking *t, XLogRecPtr lsn,
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
-				 errmsg("tracking of table \"%s\" stopped at %s (LSN %s)",
+				 errmsg("tracking of table %s stopped at %s (LSN %s)",
 						target->display_name, timestamptz_to_cstring(t->untracked_ts),
 						lsn_to_cstring(t->untracked_lsn)),
 				 errdetail("The answer for %s is the row as it was when tracking stopped.",
@@ -834,9 +1103,9 @@ check_lsn(TargetTable *target, Tracking *t, XLogRecPtr lsn)
 	if (lsn < t->from_lsn)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("no history of table \"%s\" before LSN %s",
+				 errmsg("no history of table %s before LSN %s",
 						target->display_name, lsn_to_cstring(t->from_lsn)),
-				 errdetail("Tracking of table \"%s\" began at %s (LSN %s); %s is earlier.",
+				 errdetail("Tracking of table %s began at %s (LSN %s); %s is earlier.",
 						   target->display_name, timestamptz_to_cstring(t->from_ts),
 						   lsn_to_cstring(t->from_lsn), asked),
 				 errhint("Ask for an LSN at or after %s.", lsn_to_cstring(t->from_lsn))));
@@ -894,7 +1163,8 @@ resolve_time(StoreSession *ss, TargetTable *target, Tracking *t, TimestampTz ts)
  * a version ends where the key's next version begins.
  */
 #define VERSION_COLUMNS "valid_from_lsn, valid_from_ts, op, row_data"
-#define VERSION_KEY_MATCHES "relation_id = $1 AND pk = $2"
+#define VERSION_KEY_MATCHES \
+	"relation_id = $1 AND pk = $2 AND pk_full IS NOT DISTINCT FROM $3"
 
 /* The name of a stored op code. */
 static const char *
@@ -948,12 +1218,18 @@ version_from_spi(int row, RowVersion *v, MemoryContext cxt)
 
 static void
 version_query_args(Tracking *t, TargetTable *target, ArrayType *key,
-				   Oid *argtypes, Datum *args)
+				   Oid *argtypes, Datum *args, char *nulls)
 {
+	ArrayType  *index = index_key_of(key);
+
 	argtypes[0] = INT4OID;
 	argtypes[1] = TEXTARRAYOID;
+	argtypes[2] = TEXTARRAYOID;
 	args[0] = Int32GetDatum(t->relation_id);
-	args[1] = PointerGetDatum(key);
+	args[1] = PointerGetDatum(index);
+	/* a long key is indexed by its digest and compared whole (pk_full) */
+	args[2] = PointerGetDatum(key);
+	nulls[2] = index == key ? 'n' : ' ';
 }
 
 /*
@@ -966,20 +1242,21 @@ static bool
 probe_version(StoreSession *ss, Tracking *t, TargetTable *target,
 			  ArrayType *key, XLogRecPtr lsn, bool after, RowVersion *v)
 {
-	Oid			argtypes[3];
-	Datum		args[3];
+	Oid			argtypes[4];
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 
-	version_query_args(t, target, key, argtypes, args);
-	argtypes[2] = LSNOID;
-	args[2] = LSNGetDatum(lsn);
+	version_query_args(t, target, key, argtypes, args, nulls);
+	argtypes[3] = LSNOID;
+	args[3] = LSNGetDatum(lsn);
 	store_execute(after
 				  ? "SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
-				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $3"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $4"
 				  " ORDER BY valid_from_lsn LIMIT 1"
 				  : "SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_version_probe"
-				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $3"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn <= $4"
 				  " ORDER BY valid_from_lsn DESC LIMIT 1",
-				  3, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+				  4, argtypes, args, nulls, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	version_from_spi(0, v, ss->caller_cxt);
@@ -994,18 +1271,6 @@ fetch_version_at(StoreSession *ss, Tracking *t, TargetTable *target,
 	return probe_version(ss, t, target, key, lsn, false, v);
 }
 
-/* row_data of the version visible at `lsn`, or NULL if the row did not exist. */
-static Jsonb *
-row_data_at(StoreSession *ss, Tracking *t, TargetTable *target,
-			ArrayType *key, XLogRecPtr lsn)
-{
-	RowVersion	v;
-
-	/* the latest version at or before lsn is the one visible there */
-	if (!fetch_version_at(ss, t, target, key, lsn, &v))
-		return NULL;
-	return v.row_data;			/* NULL for a tombstone */
-}
 
 /* ----------------------------------------------------------------
  * Stored rows back to typed values
@@ -1027,47 +1292,89 @@ find_column(TupleDesc tupdesc, const char *name, int len)
 	return -1;
 }
 
-static void
-stored_value_error_context(void *arg)
-{
-	Form_pg_attribute attr = (Form_pg_attribute) arg;
+/*
+ * Stored values are canonical text of the type each column had when the
+ * version was written.  A column's type may have changed since (ALTER
+ * COLUMN ... TYPE), and old text need not be valid input for the new type
+ * ("1.50" for integer).  Such a value is still history: the jsonb functions
+ * show it as the text it was stored as, and only asof_row, which must
+ * return the table's row type, fails, naming the column and the version.
+ */
 
-	errcontext("reading the stored value of column \"%s\" as type %s",
-			   NameStr(attr->attname), format_type_be(attr->atttypid));
+static void
+parse_job_run(ParseJob *job)
+{
+	for (; job->done < job->n; job->done++)
+	{
+		Form_pg_attribute attr = job->attrs[job->done];
+		Oid			typinput;
+		Oid			typioparam;
+
+		getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
+		job->values[job->done] =
+			OidInputFunctionCall(typinput, job->texts[job->done], typioparam,
+								 job->keep_typmod ? attr->atttypmod : -1);
+	}
 }
 
 /*
- * A stored value (canonical text) as a value of the column's current type.
- * A column whose type changed since the version was written can fail here;
- * the context names the column and the type.
+ * Run a ParseJob in a subtransaction.  Returns NULL when every value parsed,
+ * else the error (a data exception; anything else, a cancel say, is thrown).
+ * One subtransaction per row, not per value: a row that fails is parsed
+ * again value by value by the caller.
  */
-static Datum
-parse_stored_value(Form_pg_attribute attr, const char *text)
+static ErrorData *
+parse_job_try(ParseJob *job)
 {
-	ErrorContextCallback errcallback;
-	Oid			typinput;
-	Oid			typioparam;
-	Datum		value;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *edata = NULL;
 
-	errcallback.callback = stored_value_error_context;
-	errcallback.arg = attr;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-	getTypeInputInfo(attr->atttypid, &typinput, &typioparam);
-	value = OidInputFunctionCall(typinput, (char *) text, typioparam, attr->atttypmod);
-	error_context_stack = errcallback.previous;
-	return value;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		parse_job_run(job);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	if (edata != NULL && ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION &&
+		edata->sqlerrcode != ERRCODE_INVALID_TEXT_REPRESENTATION &&
+		edata->sqlerrcode != ERRCODE_INVALID_BINARY_REPRESENTATION)
+		ReThrowError(edata);
+	return edata;
 }
 
 /*
- * The columns of `tupdesc` from a stored row (column -> canonical text).
- * Columns the version did not have (added later) are NULL.
+ * The columns of `tupdesc` from a stored row (column -> canonical text),
+ * for asof_row.  Columns the version did not have (added later) are NULL.
+ * A value the column's current type cannot take is an error naming the
+ * column and the version's time.
  */
 static void
-row_data_to_datums(Jsonb *row_data, TupleDesc tupdesc, Datum *values, bool *nulls)
+row_data_to_datums(Jsonb *row_data, TimestampTz version_ts, TupleDesc tupdesc,
+				   Datum *values, bool *nulls)
 {
 	int			level = canonical_settings_begin();
+	ParseJob	job;
+	int		   *column = palloc(sizeof(int) * Max(tupdesc->natts, 1));
+	ErrorData  *edata;
 
+	job.n = 0;
+	job.attrs = palloc(sizeof(Form_pg_attribute) * Max(tupdesc->natts, 1));
+	job.texts = palloc(sizeof(char *) * Max(tupdesc->natts, 1));
+	job.values = palloc(sizeof(Datum) * Max(tupdesc->natts, 1));
+	job.keep_typmod = true;
+	job.done = 0;
 	for (int i = 0; i < tupdesc->natts; i++)
 	{
 		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
@@ -1081,11 +1388,31 @@ row_data_to_datums(Jsonb *row_data, TupleDesc tupdesc, Datum *values, bool *null
 										  strlen(NameStr(attr->attname)), NULL);
 		if (jv == NULL || jv->type != jbvString)
 			continue;
-		values[i] = parse_stored_value(attr,
-									   pnstrdup(jv->val.string.val, jv->val.string.len));
-		nulls[i] = false;
+		column[job.n] = i;
+		job.attrs[job.n] = attr;
+		job.texts[job.n] = pnstrdup(jv->val.string.val, jv->val.string.len);
+		job.n++;
 	}
+	edata = parse_job_try(&job);
 	canonical_settings_end(level);
+	if (edata != NULL)
+	{
+		Form_pg_attribute attr = job.attrs[job.done];
+
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("column \"%s\" of the row version from %s cannot be read as type %s",
+						NameStr(attr->attname), timestamptz_to_cstring(version_ts),
+						format_type_with_typemod(attr->atttypid, attr->atttypmod)),
+				 errdetail("The column's type changed after the version was written: %s.",
+						   edata->message),
+				 errhint("pgtimewarp_asof_pk returns the row as it was stored, whatever the column's type now.")));
+	}
+	for (int j = 0; j < job.n; j++)
+	{
+		values[column[j]] = job.values[j];
+		nulls[column[j]] = false;
+	}
 }
 
 /* Append a Jsonb document as the value of the current key. */
@@ -1124,7 +1451,9 @@ value_to_jsonb(Datum value, Oid typid, int32 typmod)
  * column of that name, exactly as to_jsonb(row) would show it (numbers as
  * numbers, json as json, timestamps in the session's time zone).  Columns the
  * table no longer has keep their stored text, and are shown only when
- * show_former_columns.
+ * show_former_columns.  So does a value the column's current type cannot
+ * read (its type changed since); values are read without the column's
+ * typmod, which would round or refuse what was stored under another.
  */
 static Jsonb *
 row_data_to_json(Jsonb *row_data, TupleDesc tupdesc, bool show_former_columns)
@@ -1134,6 +1463,9 @@ row_data_to_json(Jsonb *row_data, TupleDesc tupdesc, bool show_former_columns)
 	JsonbValue *raw = palloc(sizeof(JsonbValue) * n);
 	int		   *column = palloc(sizeof(int) * n);
 	Datum	   *typed = palloc(sizeof(Datum) * n);
+	int		   *job_of = palloc(sizeof(int) * n);
+	bool	   *unreadable = palloc0(sizeof(bool) * Max(n, 1));
+	ParseJob	job;
 	JsonbParseState *state = NULL;
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -1151,16 +1483,45 @@ row_data_to_json(Jsonb *row_data, TupleDesc tupdesc, bool show_former_columns)
 	}
 
 	/* parse under the canonical settings the text was written with ... */
-	level = canonical_settings_begin();
+	job.n = 0;
+	job.attrs = palloc(sizeof(Form_pg_attribute) * Max(n, 1));
+	job.texts = palloc(sizeof(char *) * Max(n, 1));
+	job.values = palloc(sizeof(Datum) * Max(n, 1));
+	job.keep_typmod = false;
+	job.done = 0;
 	for (int i = 0; i < count; i++)
 	{
 		column[i] = find_column(tupdesc, keys[i].val.string.val, keys[i].val.string.len);
+		job_of[i] = -1;
 		if (column[i] >= 0 && raw[i].type == jbvString)
-			typed[i] = parse_stored_value(TupleDescAttr(tupdesc, column[i]),
-										  pnstrdup(raw[i].val.string.val,
-												   raw[i].val.string.len));
+		{
+			job_of[i] = job.n;
+			job.attrs[job.n] = TupleDescAttr(tupdesc, column[i]);
+			job.texts[job.n] = pnstrdup(raw[i].val.string.val, raw[i].val.string.len);
+			job.n++;
+		}
+	}
+	level = canonical_settings_begin();
+	if (parse_job_try(&job) != NULL)
+	{
+		/* some value is not valid input for its column's type now: which? */
+		for (int j = 0; j < job.n; j++)
+		{
+			ParseJob	one = job;
+
+			one.n = 1;
+			one.attrs = &job.attrs[j];
+			one.texts = &job.texts[j];
+			one.values = &job.values[j];
+			one.done = 0;
+			if (parse_job_try(&one) != NULL)
+				unreadable[j] = true;
+		}
 	}
 	canonical_settings_end(level);
+	for (int i = 0; i < count; i++)
+		if (job_of[i] >= 0)
+			typed[i] = job.values[job_of[i]];
 
 	/* ... and render with the caller's */
 	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
@@ -1169,7 +1530,7 @@ row_data_to_json(Jsonb *row_data, TupleDesc tupdesc, bool show_former_columns)
 		if (column[i] < 0 && !show_former_columns)
 			continue;
 		(void) pushJsonbValue(&state, WJB_KEY, &keys[i]);
-		if (column[i] >= 0 && raw[i].type == jbvString)
+		if (job_of[i] >= 0 && !unreadable[job_of[i]])
 		{
 			Form_pg_attribute attr = TupleDescAttr(tupdesc, column[i]);
 
@@ -1282,6 +1643,10 @@ typedef struct LookupCache
 static void
 free_tracking(Tracking *t)
 {
+	for (int i = 0; i < t->ngaps; i++)
+		pfree(t->gaps[i].reason);
+	if (t->gaps)
+		pfree(t->gaps);
 	pfree(t->node_id);
 	pfree(t->pk_columns);
 	pfree(t);
@@ -1296,17 +1661,27 @@ copy_tracking(Tracking *t, MemoryContext cxt)
 	copy->node_id = MemoryContextStrdup(cxt, t->node_id);
 	copy->pk_columns = MemoryContextAlloc(cxt, VARSIZE(t->pk_columns));
 	memcpy(copy->pk_columns, t->pk_columns, VARSIZE(t->pk_columns));
+	if (t->ngaps > 0)
+	{
+		copy->gaps = MemoryContextAlloc(cxt, sizeof(HistoryGap) * t->ngaps);
+		for (int i = 0; i < t->ngaps; i++)
+		{
+			copy->gaps[i] = t->gaps[i];
+			copy->gaps[i].reason = MemoryContextStrdup(cxt, t->gaps[i].reason);
+		}
+	}
 	return copy;
 }
 
 /*
- * The stored row of `pk` at `at` (a timestamptz, or an LSN when by_lsn).
- * Returns NULL when no row with that key existed then.  `flinfo` (may be
- * NULL) keeps the LookupCache.
+ * The stored version of `pk` visible at `at` (a timestamptz, or an LSN when
+ * by_lsn) in *v.  Returns false when no row with that key existed then
+ * (never stored, or a tombstone).  `flinfo` (may be NULL) keeps the
+ * LookupCache.
  */
-static Jsonb *
+static bool
 lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
-		   Jsonb *pk, Datum at, bool by_lsn)
+		   Jsonb *pk, Datum at, bool by_lsn, RowVersion *v)
 {
 	StoreSession ss;
 	ArrayType  *key = encode_pk(rel, target, pk);
@@ -1314,7 +1689,7 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	int64		at_value = by_lsn ? (int64) DatumGetLSN(at) : DatumGetTimestampTz(at);
 	Tracking   *t;
 	XLogRecPtr	lsn;
-	Jsonb	   *row;
+	bool		found;
 
 	if (flinfo != NULL && cache == NULL)
 	{
@@ -1341,7 +1716,9 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	if (cache != NULL && cache->tracking != NULL)
 	{
 		t = cache->tracking;
-		check_history_key(t, target);	/* the table may have changed since */
+		/* the table may have changed since */
+		require_same_table(t, target);
+		check_history_key(t, target);
 	}
 	else
 	{
@@ -1370,9 +1747,11 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 			cache->lsn = lsn;
 		}
 	}
-	row = row_data_at(&ss, t, target, key, lsn);
+	refuse_gaps(target, t, lsn, lsn);
+	/* the latest version at or before lsn is the one visible there */
+	found = fetch_version_at(&ss, t, target, key, lsn, v);
 	store_session_end(&ss);
-	return row;
+	return found && v->row_data != NULL;
 }
 
 static Datum
@@ -1380,16 +1759,16 @@ asof_pk_common(FunctionCallInfo fcinfo, bool by_lsn)
 {
 	TargetTable target;
 	Relation	rel;
-	Jsonb	   *row;
-	Jsonb	   *result;
+	RowVersion	v;
+	Jsonb	   *result = NULL;
 
 	require_argument(fcinfo, 0, "rel");
 	require_argument(fcinfo, 1, "pk");
 	require_argument(fcinfo, 2, "at");
 
 	rel = open_for_history(PG_GETARG_OID(0), &target);
-	row = lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn);
-	result = row ? row_data_to_json(row, RelationGetDescr(rel), target.show_former_columns) : NULL;
+	if (lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn, &v))
+		result = row_data_to_json(v.row_data, RelationGetDescr(rel), target.show_former_columns);
 	table_close(rel, AccessShareLock);
 
 	if (result == NULL)
@@ -1416,7 +1795,7 @@ pgtimewarp_asof_row(PG_FUNCTION_ARGS)
 	Oid			relid = OidIsValid(rowtype) ? typeidTypeRelid(rowtype) : InvalidOid;
 	TargetTable target;
 	Relation	rel;
-	Jsonb	   *row;
+	RowVersion	v;
 	TupleDesc	tupdesc;
 	Datum	   *values;
 	bool	   *nulls;
@@ -1435,8 +1814,7 @@ pgtimewarp_asof_row(PG_FUNCTION_ARGS)
 	require_argument(fcinfo, 2, "at");
 
 	rel = open_for_history(relid, &target);
-	row = lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), false);
-	if (row == NULL)
+	if (!lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), false, &v))
 	{
 		table_close(rel, AccessShareLock);
 		PG_RETURN_NULL();
@@ -1445,7 +1823,7 @@ pgtimewarp_asof_row(PG_FUNCTION_ARGS)
 	tupdesc = lookup_rowtype_tupdesc_copy(rowtype, -1);
 	values = palloc(sizeof(Datum) * tupdesc->natts);
 	nulls = palloc(sizeof(bool) * tupdesc->natts);
-	row_data_to_datums(row, tupdesc, values, nulls);
+	row_data_to_datums(v.row_data, v.from_ts, tupdesc, values, nulls);
 	tuple = heap_form_tuple(tupdesc, values, nulls);
 	table_close(rel, AccessShareLock);
 	PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
@@ -1469,8 +1847,9 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	TimestampTz to_ts;
 	XLogRecPtr	from_lsn;
 	XLogRecPtr	to_lsn;
-	Oid			argtypes[4];
-	Datum		args[4];
+	Oid			argtypes[5];
+	Datum		args[5];
+	char		knulls[5] = {' ', ' ', ' ', ' ', ' '};
 	RowVersion *versions;
 	RowVersion	first;
 	RowVersion	previous;
@@ -1503,8 +1882,19 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	pgtw_await_fresh_history(to_ts);
 	store_session_begin(&ss);
 	t = require_tracking(&ss, &target);
+	if (from_ts < t->from_ts && to_ts >= t->from_ts)
+	{
+		/* "the last day" of a table tracked an hour ago: that hour */
+		ereport(NOTICE,
+				(errmsg("history of table %s begins at %s, later than from_ts",
+						target.display_name, timestamptz_to_cstring(t->from_ts)),
+				 errdetail("The timeline shows the versions from when tracking began; from_ts was %s.",
+						   timestamptz_to_cstring(from_ts))));
+		from_ts = t->from_ts;
+	}
 	from_lsn = resolve_time(&ss, &target, t, from_ts);
 	to_lsn = resolve_time(&ss, &target, t, to_ts);
+	refuse_gaps(&target, t, from_lsn, to_lsn);
 
 	/*
 	 * Every version that was current at some LSN in [from_lsn, to_lsn]: the
@@ -1513,16 +1903,16 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	 * after to_lsn begins, if there is one.
 	 */
 	have_first = fetch_version_at(&ss, t, &target, key, from_lsn, &first);
-	version_query_args(t, &target, key, argtypes, args);
-	argtypes[2] = LSNOID;
-	args[2] = LSNGetDatum(from_lsn);
+	version_query_args(t, &target, key, argtypes, args, knulls);
 	argtypes[3] = LSNOID;
-	args[3] = LSNGetDatum(to_lsn);
+	args[3] = LSNGetDatum(from_lsn);
+	argtypes[4] = LSNOID;
+	args[4] = LSNGetDatum(to_lsn);
 	store_execute("SELECT " VERSION_COLUMNS " FROM pgtimewarp.row_versions"
-				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $3"
-				  "   AND valid_from_lsn <= $4"
+				  " WHERE " VERSION_KEY_MATCHES " AND valid_from_lsn > $4"
+				  "   AND valid_from_lsn <= $5"
 				  " ORDER BY valid_from_lsn",
-				  4, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
+				  5, argtypes, args, knulls, true, 0, SPI_OK_SELECT);
 	nversions = (int) SPI_processed + (have_first ? 1 : 0);
 	/* read after the store session ends: not in SPI's memory */
 	versions = MemoryContextAlloc(ss.caller_cxt, sizeof(RowVersion) * Max(nversions, 1));
@@ -1594,29 +1984,23 @@ open_for_tracking(Oid relid, LOCKMODE lockmode, TargetTable *target)
 	Relation	rel;
 
 	/* before the lock, as LOCK TABLE does: a non-owner must not queue writers */
+	require_relation_exists(relid);
+	check_schema_usage(relid);
 	if (!pgtw_table_ownercheck(relid, GetUserId()))
-	{
-		char	   *relname = get_rel_name(relid);
-
-		if (relname == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_TABLE),
-					 errmsg("relation with OID %u does not exist", relid)));
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, relname);
-	}
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
 	rel = table_open(relid, lockmode);
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table", relation_display_name(rel)),
+				 errmsg("%s is not a table", relation_display_name(rel)),
 				 errdetail("pgtimewarp tracks ordinary tables only%s.",
 						   rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ?
 						   "; track each partition instead" : "")));
 	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("table \"%s\" is %s", relation_display_name(rel),
+				 errmsg("table %s is %s", relation_display_name(rel),
 						rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP ?
 						"temporary" : "unlogged"),
 				 errdetail("Changes to temporary and unlogged tables are not written to the WAL, so pgtimewarp cannot see them.")));
@@ -1702,17 +2086,19 @@ write_baseline(Relation rel, TargetTable *target, int32 relation_id,
 	initStringInfo(&sql);
 	appendStringInfoString(&sql,
 						   "INSERT INTO pgtimewarp.row_versions"
-						   " (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)"
-						   " SELECT $1, ARRAY[");
+						   " (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)"
+						   " SELECT $1, pgtimewarp.index_key(k.k),"
+						   "        CASE WHEN (pgtimewarp.index_key(k.k))[1] IS NULL THEN k.k END,"
+						   "        $2, $3, 'b',");
+	/* jsonb_object(keys, values) takes any number of columns */
+	appendStringInfo(&sql,
+					 " jsonb_object(ARRAY[%s]::text[], ARRAY[%s]::text[])"
+					 " FROM ONLY %s AS t CROSS JOIN LATERAL (SELECT ARRAY[",
+					 names.data, values.data, target->display_name);
 	for (int i = 0; i < target->npk; i++)
 		appendStringInfo(&sql, "%spgtimewarp.canonical_key_text(t.%s)", i ? ", " : "",
 						 quote_identifier(target->pk_names[i]));
-	/* jsonb_object(keys, values) takes any number of columns */
-	appendStringInfo(&sql,
-					 "]::text[], $2, $3, 'b',"
-					 " jsonb_object(ARRAY[%s]::text[], ARRAY[%s]::text[])"
-					 " FROM ONLY %s AS t",
-					 names.data, values.data, target->display_name);
+	appendStringInfoString(&sql, "]::text[] AS k) AS k");
 
 	args[0] = Int32GetDatum(relation_id);
 	args[1] = LSNGetDatum(lsn);
@@ -1738,7 +2124,7 @@ refuse_if_written_here(Oid relid)
 	if (LockHeldByMe(&tag, RowExclusiveLock) || LockHeldByMe(&tag, AccessExclusiveLock))
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("pgtimewarp_track must run before this transaction changes table \"%s\"",
+				 errmsg("pgtimewarp_track must run before this transaction changes table %s",
 						quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 												   get_rel_name(relid))),
 				 errdetail("This transaction has already modified or locked the table; its uncommitted changes would be recorded as if they had happened before tracking began."),
@@ -1761,10 +2147,10 @@ warn_if_no_slot(TargetTable *target)
 	ereport(WARNING,
 			(errcode(ERRCODE_WARNING),
 			 errmsg("no logical replication slot exists in this database yet"),
-			 errdetail("Changes to table \"%s\" are recorded only from where the pgtimewarp agent's slot starts; changes made before the agent creates it are not, and the agent will refuse the table.",
+			 errdetail("Changes to table %s are recorded only from where the pgtimewarp agent's slot starts; changes made before the agent creates it are not, and the agent will refuse the table.",
 					   target->display_name),
-			 errhint("Start the agent first, then track the table again: SELECT pgtimewarp_untrack('%s'); SELECT pgtimewarp_forget('%s'); SELECT pgtimewarp_track('%s');",
-					 target->display_name, target->display_name, target->display_name)));
+			 errhint("Start the agent first, then track the table again: SELECT pgtimewarp_untrack(%s); SELECT pgtimewarp_forget(%s); SELECT pgtimewarp_track(%s);",
+					 target->display_literal, target->display_literal, target->display_literal)));
 }
 
 /*
@@ -1810,12 +2196,14 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 	store_session_begin(&ss);
 	node_id = configured_node_id(&ss);
 	existing = fetch_tracking(&ss, node_id, &target);
+	if (existing)
+		require_same_table(existing, &target);
 	if (existing && !existing->untracked)
 	{
 		store_session_end(&ss);
 		table_close(rel, NoLock);
 		ereport(NOTICE,
-				(errmsg("table \"%s\" is already tracked since %s (LSN %s)",
+				(errmsg("table %s is already tracked since %s (LSN %s)",
 						target.display_name, timestamptz_to_cstring(existing->from_ts),
 						lsn_to_cstring(existing->from_lsn))));
 		PG_RETURN_LSN(existing->from_lsn);
@@ -1823,13 +2211,13 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 	if (existing)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" was tracked before, until %s",
+				 errmsg("table %s was tracked before, until %s",
 						target.display_name, timestamptz_to_cstring(existing->untracked_ts)),
 				 errdetail("Its history from %s to %s is still in the store, and pgtimewarp cannot yet record a gap in a table's history.",
 						   timestamptz_to_cstring(existing->from_ts),
 						   timestamptz_to_cstring(existing->untracked_ts)),
-				 errhint("To start over, delete the old history with SELECT pgtimewarp_forget('%s'), then track the table again.",
-						 target.display_name)));
+				 errhint("To start over, delete the old history with SELECT pgtimewarp_forget(%s), then track the table again.",
+						 target.display_literal)));
 
 	start_lsn = GetXLogInsertRecPtr();
 	start_ts = GetCurrentTimestamp();
@@ -1870,7 +2258,7 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 					  " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING relation_id",
 					  7, argtypes, args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
 		if (SPI_processed != 1)
-			elog(ERROR, "registering table \"%s\" in the pgtimewarp store returned no relation id",
+			elog(ERROR, "registering table %s in the pgtimewarp store returned no relation id",
 				 target.display_name);
 		relation_id = DatumGetInt32(spi_value(0, 1, &isnull, ss.caller_cxt));
 	}
@@ -1916,10 +2304,12 @@ pgtimewarp_untrack(PG_FUNCTION_ARGS)
 	store_session_begin(&ss);
 	node_id = configured_node_id(&ss);
 	existing = fetch_tracking(&ss, node_id, &target);
+	if (existing)
+		require_same_table(existing, &target);
 	if (existing == NULL || existing->untracked)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" is not tracked by pgtimewarp", target.display_name),
+				 errmsg("table %s is not tracked by pgtimewarp", target.display_name),
 				 existing ? errdetail("Tracking stopped at %s.",
 									  timestamptz_to_cstring(existing->untracked_ts)) : 0,
 				 errhint("pgtimewarp_status() lists the tracked tables.")));
@@ -1968,16 +2358,17 @@ pgtimewarp_forget(PG_FUNCTION_ARGS)
 	if (existing == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the store has no history of table \"%s\"", target.display_name),
+				 errmsg("the store has no history of table %s", target.display_name),
 				 errdetail("It was never tracked for node \"%s\", or its history was already deleted.",
 						   node_id)));
+	require_same_table(existing, &target);
 	if (!existing->untracked)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" is still tracked", target.display_name),
+				 errmsg("table %s is still tracked", target.display_name),
 				 errdetail("pgtimewarp_forget deletes only the history of tables no longer tracked."),
-				 errhint("Stop tracking it first with SELECT pgtimewarp_untrack('%s').",
-						 target.display_name)));
+				 errhint("Stop tracking it first with SELECT pgtimewarp_untrack(%s).",
+						 target.display_literal)));
 
 	/*
 	 * By relation id: versions the agent may still be writing for this
@@ -2001,17 +2392,23 @@ pgtimewarp_forget(PG_FUNCTION_ARGS)
 
 /*
  * Whether pgtimewarp_status() shows a tracked table to `caller`: when it may
- * SELECT the table (all columns), as for its history; a table that no longer
- * exists only to roles with the extension owner's privileges.
+ * read the table's history (SELECT on all columns, USAGE on its schema); a
+ * table that no longer exists, or whose name another table has now, only to
+ * roles with the extension owner's privileges.
  */
 static bool
-status_visible_to(Oid caller, const char *schema_name, const char *table_name)
+status_visible_to(Oid caller, const char *schema_name, const char *table_name,
+				  Oid tracked_relid)
 {
 	Oid			nspid = get_namespace_oid(schema_name, true);
 	Oid			relid = OidIsValid(nspid) ? get_relname_relid(table_name, nspid) : InvalidOid;
 
-	if (!OidIsValid(relid))
-		return has_privs_of_role(caller, extension_owner());
+	if (has_privs_of_role(caller, extension_owner()))
+		return true;
+	if (!OidIsValid(relid) || relid != tracked_relid)
+		return false;
+	if (pg_namespace_aclcheck(nspid, caller, ACL_USAGE) != ACLCHECK_OK)
+		return false;
 	return pg_class_aclcheck(relid, caller, ACL_SELECT) == ACLCHECK_OK ||
 		pg_attribute_aclcheck_all(relid, caller, ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK;
 }
@@ -2039,25 +2436,31 @@ pgtimewarp_status(PG_FUNCTION_ARGS)
 				  " SELECT r.schema_name, r.table_name, r.untracked_lsn IS NULL,"
 				  "        r.tracked_from_lsn, r.tracked_from_ts, r.untracked_lsn,"
 				  "        coalesce(n.n, 0), c.confirmed_lsn, c.confirmed_ts,"
-				  "        pg_wal_lsn_diff(pg_current_wal_lsn(), c.confirmed_lsn)"
+				  "        pg_wal_lsn_diff(pg_current_wal_lsn(), c.confirmed_lsn), r.relid"
 				  "   FROM pgtimewarp.tracked_relations r"
 				  "   LEFT JOIN counts n USING (relation_id)"
 				  "   LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
 				  "  WHERE r.node_id = $1"
 				  "  ORDER BY r.schema_name, r.table_name",
 				  1, argtypes, args, NULL, true, 0, SPI_OK_SELECT);
-	if (SPI_tuptable->tupdesc->natts != ncols)
+	/* the result's columns, then the relid it was recorded from */
+	if (SPI_tuptable->tupdesc->natts != ncols + 1)
 		elog(ERROR, "pgtimewarp_status query returned %d columns, expected %d",
-			 SPI_tuptable->tupdesc->natts, ncols);
+			 SPI_tuptable->tupdesc->natts, ncols + 1);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
 		Datum	   *values = palloc(sizeof(Datum) * ncols);
 		bool	   *nulls = palloc(sizeof(bool) * ncols);
 
+		bool		relid_null;
+		Datum		relid;
+
 		for (int col = 0; col < ncols; col++)
 			values[col] = spi_value(row, col + 1, &nulls[col], ss.caller_cxt);
+		relid = spi_value(row, ncols + 1, &relid_null, ss.caller_cxt);
 		if (!status_visible_to(ss.saved_userid, TextDatumGetCString(values[0]),
-							   TextDatumGetCString(values[1])))
+							   TextDatumGetCString(values[1]),
+							   relid_null ? InvalidOid : DatumGetObjectId(relid)))
 			continue;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -2121,6 +2524,81 @@ pgtimewarp_canonical_key_text(PG_FUNCTION_ARGS)
 
 	PG_RETURN_TEXT_P(cstring_to_text(OutputFunctionCall(argument_output_function(fcinfo),
 														value)));
+}
+
+/* pgtimewarp.index_key(key text[]) RETURNS text[]: see index_key_of() */
+Datum
+pgtimewarp_index_key(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_ARRAYTYPE_P(index_key_of(PG_GETARG_ARRAYTYPE_P(0)));
+}
+
+/*
+ * pgtimewarp_attach(rel regclass) RETURNS void
+ *
+ * Gives the history stored under a table's name to the table that has the
+ * name now: after pg_dump and pg_restore the same table has a new OID, and
+ * history follows OIDs (require_same_table).  Only a role with the
+ * privileges of the extension's owner may say that two tables are one;
+ * the table owner alone could be anyone who re-created the name.
+ */
+Datum
+pgtimewarp_attach(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	TargetTable target;
+	Relation	rel;
+	StoreSession ss;
+	Tracking   *existing;
+	Oid			argtypes[2] = {INT4OID, OIDOID};
+	Datum		args[2];
+
+	if (!has_privs_of_role(GetUserId(), extension_owner()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to attach history"),
+				 errdetail("Attaching gives the history stored under a name to the table that has the name now; only roles with the privileges of the pgtimewarp extension's owner, %s, may.",
+						   quote_identifier(GetUserNameFromId(extension_owner(), false))),
+				 errhint("Ask a superuser to run it.")));
+	require_relation_exists(relid);
+	rel = table_open(relid, ShareRowExclusiveLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s is not a table", relation_display_name(rel))));
+	describe_target(rel, &target);
+
+	store_session_begin(&ss);
+	existing = fetch_tracking(&ss, configured_node_id(&ss), &target);
+	if (existing == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the store has no history under the name %s", target.display_name),
+				 errhint("pgtimewarp_status() lists the names with history.")));
+	if (existing->relid == target.relid)
+	{
+		store_session_end(&ss);
+		table_close(rel, NoLock);
+		ereport(NOTICE,
+				(errmsg("the history stored under the name %s already belongs to it",
+						target.display_name)));
+		PG_RETURN_VOID();
+	}
+	check_history_key(existing, &target);
+	args[0] = Int32GetDatum(existing->relation_id);
+	args[1] = ObjectIdGetDatum(target.relid);
+	store_execute("UPDATE pgtimewarp.tracked_relations SET relid = $2 WHERE relation_id = $1",
+				  2, argtypes, args, NULL, false, 0, SPI_OK_UPDATE);
+	if (!existing->untracked)
+		update_publication(&target, true);
+	store_session_end(&ss);
+	table_close(rel, NoLock);
+	ereport(NOTICE,
+			(errmsg("the history of %s since %s now belongs to table %s (OID %u)",
+					target.display_name, timestamptz_to_cstring(existing->from_ts),
+					target.display_name, target.relid),
+			 errdetail("It was recorded from the table with OID %u.", existing->relid)));
+	PG_RETURN_VOID();
 }
 
 #ifdef PGTW_NEED_MATERIALIZED_SRF

@@ -55,4 +55,39 @@ extern void pgtw_init_materialized_srf(FunctionCallInfo fcinfo);
 	LogLogicalMessage((prefix), (message), (size), false)
 #endif
 
+/* SHA-256 in pieces: pg_cryptohash from 14 on, the sha2 functions before. */
+#include "common/sha2.h"
+#if PG_VERSION_NUM >= 140000
+#include "common/cryptohash.h"
+typedef pg_cryptohash_ctx *pgtw_sha256_ctx;
+static inline pgtw_sha256_ctx
+pgtw_sha256_begin(void)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+
+	if (ctx == NULL || pg_cryptohash_init(ctx) < 0)
+		elog(ERROR, "could not initialize SHA-256");
+	return ctx;
+}
+#define pgtw_sha256_update(ctx, data, len) \
+	do { if (pg_cryptohash_update((ctx), (data), (len)) < 0) \
+			elog(ERROR, "could not compute SHA-256"); } while (0)
+#define pgtw_sha256_end(ctx, digest) \
+	do { if (pg_cryptohash_final((ctx), (digest), PG_SHA256_DIGEST_LENGTH) < 0) \
+			elog(ERROR, "could not compute SHA-256"); \
+		 pg_cryptohash_free(ctx); } while (0)
+#else
+typedef pg_sha256_ctx *pgtw_sha256_ctx;
+static inline pgtw_sha256_ctx
+pgtw_sha256_begin(void)
+{
+	pg_sha256_ctx *ctx = palloc(sizeof(pg_sha256_ctx));
+
+	pg_sha256_init(ctx);
+	return ctx;
+}
+#define pgtw_sha256_update(ctx, data, len) pg_sha256_update((ctx), (data), (len))
+#define pgtw_sha256_end(ctx, digest) pg_sha256_final((ctx), (digest))
+#endif
+
 #endif							/* PGTIMEWARP_COMPAT_H */

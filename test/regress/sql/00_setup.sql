@@ -9,6 +9,7 @@
 \set ECHO none
 \i ../migrations/1_create_store.sql
 \i ../migrations/2_compact_versions.sql
+\i ../migrations/3_safe_history.sql
 \set ECHO all
 
 CREATE EXTENSION pgtimewarp CASCADE;
@@ -77,8 +78,11 @@ BEGIN
        AND r.node_id = 'regress' AND r.schema_name = n.nspname AND r.table_name = c.relname;
     SELECT commit_ts INTO STRICT ts FROM pgtimewarp_store.lsn_time_map m
      WHERE m.node_id = 'regress' AND m.lsn = change.lsn;
-    INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, valid_from_lsn, valid_from_ts, op, row_data)
-    VALUES (id, change.pk, change.lsn, ts,
+    -- a long key is indexed by digest and kept whole (migrations/3_safe_history.sql)
+    INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
+    VALUES (id, pgtimewarp_store.index_key(change.pk),
+            CASE WHEN (pgtimewarp_store.index_key(change.pk))[1] IS NULL THEN change.pk END,
+            change.lsn, ts,
             CASE op WHEN 'baseline' THEN 'b' WHEN 'insert' THEN 'i' WHEN 'update' THEN 'u'
                     WHEN 'delete' THEN 'd' WHEN 'truncate' THEN 't' END, change.row_data);
 END;

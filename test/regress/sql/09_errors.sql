@@ -154,6 +154,17 @@ ROLLBACK;
 -- and once it is back, all is well
 SELECT pgtimewarp_asof_pk('err_t', '{"id": 1}', '2024-09-01 01:00+00');
 
+-- names that need quoting are quoted once, and hints quote them as literals
+CREATE SCHEMA "Err Schema";
+CREATE TABLE "Err Schema"."Tab;le'x" (id int PRIMARY KEY);
+SELECT pgtimewarp_asof_pk('"Err Schema"."Tab;le''x"', '{"id": 1}', now());
+SELECT pgtimewarp_untrack('"Err Schema"."Tab;le''x"');
+DROP SCHEMA "Err Schema" CASCADE;
+
+-- a huge key value is not echoed back whole
+SELECT pgtimewarp_asof_pk('err_t', jsonb_build_object('id', repeat('9', 100000)), '2024-09-01 01:00+00');
+SELECT pgtimewarp_asof_pk('err_t', jsonb_build_object('id', repeat('x', 300)), '2024-09-01 01:00+00');
+
 DROP VIEW err_view;
 DROP TABLE err_t, err_comp, err_untracked, err_nopk, err_parted, err_temp, err_unlogged;
 DROP SEQUENCE err_seq;

@@ -234,39 +234,72 @@ export async function startBackgroundAgent(spec: AgentSpec, files: AgentFiles, t
   child.unref();
   writeFileSync(files.pidFile, `${pid}\n`, { mode: 0o600 });
 
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const outcome = scanLog(files.logFile, offset);
-    if (outcome === 'streaming') return pid;
-    const failed = exited !== null ? `it exited (${exited})` : outcome === 'failed' ? 'it could not connect or stream' : Date.now() > deadline ? `it did not start streaming within ${timeoutMs / 1000} s` : null;
-    if (failed !== null) {
-      await stopPid(pid);
-      rmSync(files.pidFile, { force: true });
-      throw new Error(`the agent did not start: ${failed}. Its log (${files.logFile}) says:\n${logTail(files.logFile, 8, offset)}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+  const failed = await waitUntilStreaming({ output: () => readFrom(files.logFile, offset), exited: () => exited }, timeoutMs);
+  if (failed !== null) {
+    await stopPid(pid);
+    rmSync(files.pidFile, { force: true });
+    throw new Error(`the agent did not start: ${failed}. Its log (${files.logFile}) says:\n${logTail(files.logFile, 8, offset)}`);
+  }
+  return pid;
+}
+
+/** A file's text from `offset` on; empty while it does not exist. */
+function readFrom(file: string, offset: number): string {
+  try {
+    return readFileSync(file).subarray(offset).toString('utf8');
+  } catch {
+    return '';
   }
 }
 
-/** What the agent's JSON log says since `offset`: streaming, failed (a retry or a fatal error) or nothing yet. */
-function scanLog(logFile: string, offset: number): 'streaming' | 'failed' | null {
-  let text: string;
-  try {
-    text = readFileSync(logFile).subarray(offset).toString('utf8');
-  } catch {
-    return null;
-  }
-  for (const line of text.split('\n')) {
-    let event: { event?: unknown };
+// ---------------------------------------------------------------------------
+// waiting for a started agent
+
+/** A just-started agent, as waitUntilStreaming watches it. */
+export interface StartingAgent {
+  /** Its output since it started: JSON log lines (--log-format json). */
+  output(): string | Promise<string>;
+  /** Why it no longer runs ("exit code 1"), or null while it runs. */
+  exited(): string | null | Promise<string | null>;
+}
+
+/**
+ * What a just-started agent's JSON log lines say so far: it streams, it
+ * failed first (a retry or a fatal error, with its message), or nothing
+ * decisive yet.  Lines that are not its JSON events are passed over.
+ */
+export function startOutcome(jsonLines: string): 'streaming' | { failed: string } | null {
+  for (const line of jsonLines.split('\n')) {
+    let event: { event?: unknown; message?: unknown };
     try {
-      event = JSON.parse(line) as { event?: unknown };
+      event = JSON.parse(line) as { event?: unknown; message?: unknown };
     } catch {
       continue;
     }
+    if (event === null || typeof event !== 'object') continue;
     if (event.event === 'streaming') return 'streaming';
-    if (event.event === 'retry' || event.event === 'fatal') return 'failed';
+    if (event.event === 'retry' || event.event === 'fatal') return { failed: typeof event.message === 'string' ? event.message : String(event.event) };
   }
   return null;
+}
+
+/**
+ * Wait until a just-started agent streams (its 'streaming' event), the same
+ * way however it runs.  Resolves to null then, else to why not: it retried
+ * or failed first, it exited, or `timeoutMs` passed.  At install time every
+ * connection must work, so a retry is a failure here.
+ */
+export async function waitUntilStreaming(agent: StartingAgent, timeoutMs: number, pollMs = 100): Promise<string | null> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const outcome = startOutcome(await agent.output());
+    if (outcome === 'streaming') return null;
+    if (outcome !== null) return `it could not connect or stream: ${outcome.failed}`;
+    const exited = await agent.exited();
+    if (exited !== null) return `it exited (${exited})`;
+    if (Date.now() > deadline) return `it did not start streaming within ${timeoutMs / 1000} s`;
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+  }
 }
 
 /** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
@@ -312,9 +345,25 @@ export async function stopBackgroundAgent(files: AgentFiles, spec: Pick<AgentSpe
 // ---------------------------------------------------------------------------
 // systemd
 
-async function systemctl(args: string[]): Promise<{ ok: boolean; out: string }> {
-  const r = await execa('systemctl', args, { reject: false, stdin: 'ignore', all: true });
+/** Runs systemctl or journalctl; installSystemdAgent takes another in tests, where systemd does not run. */
+export type CommandRunner = (program: 'systemctl' | 'journalctl', args: string[]) => Promise<{ ok: boolean; out: string }>;
+
+const runCommand: CommandRunner = async (program, args) => {
+  const r = await execa(program, args, { reject: false, stdin: 'ignore', all: true });
   return { ok: r.exitCode === 0, out: String(r.all ?? '').trim() };
+};
+
+function systemctl(args: string[]): Promise<{ ok: boolean; out: string }> {
+  return runCommand('systemctl', args);
+}
+
+/**
+ * The systemd unit that runs the agent for `spec`.  It logs JSON lines
+ * (to the journal), as the background agent does to its log file: that is
+ * how install sees it stream.
+ */
+export function systemdAgentUnit(spec: AgentSpec, files: AgentFiles): string {
+  return systemdUnitText({ nodeId: spec.nodeId, command: [...cliCommand(), ...agentArgs(spec, 'json')], envFile: files.envFile, workingDirectory: packageRoot });
 }
 
 /** What is not yet as it should be for the systemd agent; empty when nothing. */
@@ -328,20 +377,50 @@ export async function systemdChanges(files: AgentFiles, unitText: string, envTex
   return changes;
 }
 
-export async function installSystemdAgent(files: AgentFiles, unitText: string, envText: string): Promise<void> {
-  const envChanged = writeFileIfChanged(files.envFile, envText, 0o600);
+/** `systemctl show` output (Key=Value lines) as a record. */
+function unitProperties(out: string): Record<string, string> {
+  return Object.fromEntries(out.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+}
+
+/**
+ * Write the unit and its environment file, enable the unit and (re)start
+ * it, then wait until that run of the agent streams, as read from its
+ * journal (the run's own entries, by its invocation id).  A restart every
+ * time: it is what makes the agent read a new unit or environment (or a
+ * role's password set again), and its fresh output is all that is read.
+ * When it does not stream, the unit stays enabled and systemd keeps
+ * restarting it after failures; the error says where to look.
+ */
+export async function installSystemdAgent(
+  files: AgentFiles, unitText: string, envText: string, opts: { timeoutMs?: number; run?: CommandRunner } = {},
+): Promise<void> {
+  const run = opts.run ?? runCommand;
+  writeFileIfChanged(files.envFile, envText, 0o600);
   const unitChanged = writeFileIfChanged(files.unitFile, unitText, 0o644);
-  const run = async (args: string[]): Promise<void> => {
-    const r = await systemctl(args);
+  const must = async (args: string[]): Promise<string> => {
+    const r = await run('systemctl', args);
     if (!r.ok) throw new Error(`systemctl ${args.join(' ')} failed: ${r.out}; see journalctl -u ${files.unitName}`);
+    return r.out;
   };
-  if (unitChanged) await run(['daemon-reload']);
-  await run(['enable', '--now', files.unitName]);
-  // enable --now leaves a running agent alone: make it read the new unit or environment
-  if (unitChanged || envChanged) await run(['restart', files.unitName]);
-  await new Promise((resolve) => setTimeout(resolve, 2000));
-  if (!(await systemctl(['is-active', '--quiet', files.unitName])).ok) {
-    throw new Error(`${files.unitName} did not stay running; see journalctl -u ${files.unitName}`);
+  if (unitChanged) await must(['daemon-reload']);
+  await must(['enable', files.unitName]);
+  await must(['restart', files.unitName]);
+  const invocation = unitProperties(await must(['show', '--property=InvocationID', files.unitName]))['InvocationID'] ?? '';
+  if (!/^[0-9a-f]{32}$/.test(invocation)) throw new Error(`systemd names no run of ${files.unitName} (InvocationID ${JSON.stringify(invocation)}); see journalctl -u ${files.unitName}`);
+  const failed = await waitUntilStreaming({
+    async output() {
+      const r = await run('journalctl', [`_SYSTEMD_INVOCATION_ID=${invocation}`, '--output=cat', '--no-pager', '--quiet']);
+      if (!r.ok) throw new Error(`cannot read ${files.unitName}'s journal to see it start: ${r.out}`);
+      return r.out;
+    },
+    async exited() {
+      const p = unitProperties(await must(['show', '--property=ActiveState', '--property=SubState', '--property=Result', '--property=InvocationID', files.unitName]));
+      if (p['InvocationID'] !== invocation) return 'systemd has restarted it since';
+      return p['ActiveState'] === 'active' ? null : `${p['ActiveState']}/${p['SubState']}, result ${p['Result']}`;
+    },
+  }, opts.timeoutMs ?? 30_000);
+  if (failed !== null) {
+    throw new Error(`${files.unitName} did not start: ${failed}. It stays enabled, and systemd restarts it after a failure; see journalctl -u ${files.unitName}`);
   }
 }
 

@@ -14,9 +14,9 @@ import { execa } from 'execa';
 import type pg from 'pg';
 
 import {
-  agentArgs, agentEnvironment, agentFiles, backgroundAgentState, cliCommand, envFileText, installSystemdAgent,
-  removeSystemdAgent, runsFromNpxCache, startBackgroundAgent, stopBackgroundAgent, systemdChanges, systemdRunning,
-  systemdUnitText, writeFileIfChanged, type AgentFiles, type AgentSpec,
+  agentArgs, agentEnvironment, agentFiles, backgroundAgentState, envFileText, installSystemdAgent, removeSystemdAgent,
+  runsFromNpxCache, startBackgroundAgent, stopBackgroundAgent, systemdAgentUnit, systemdChanges, systemdRunning,
+  writeFileIfChanged, type AgentFiles, type AgentSpec,
 } from './agent-service.js';
 import { configPath, readConfig, resolveConnections, writeConfig, type AgentMode, type InstalledConfig, type Plugin } from './config.js';
 import { buildExtension, buildIsUpToDate, differingFiles, installDirsUnwritable, installExtensionFiles } from './install-extension.js';
@@ -26,7 +26,7 @@ import {
   withMaintenanceClient,
 } from './install-sql.js';
 import { planThenApply, type PlanThenApplyOptions, type Step, type StepResult } from './install-steps.js';
-import { packageRoot, migrationsDir } from './paths.js';
+import { migrationsDir } from './paths.js';
 import {
   appliedMigrations, findBuildTools, findProblems, formatProblems, inspectSource, inspectStore,
   type BuildTools, type Judgement, type SourceFacts, type StoreFacts,
@@ -716,7 +716,7 @@ async function agentCheck(run: InstallRun): Promise<{ change: boolean; detail: s
       return { change: true, detail: [...leftovers, what].join(', ') };
     }
     case 'systemd': {
-      const unit = systemdUnitText({ nodeId: run.nodeId, command: [...cliCommand(), ...agentArgs(spec, 'text')], envFile: files.envFile, workingDirectory: packageRoot });
+      const unit = systemdAgentUnit(spec, files);
       const changes = [...leftovers, ...(await systemdChanges(files, unit, envFileText(agentEnvironment(spec))))];
       if (changes.length === 0 && !run.passwordsChanged) return { change: false, detail: `${files.unitName} enabled and running` };
       return { change: true, detail: changes.length > 0 ? changes.join(', ') : `restart ${files.unitName} with the new password` };
@@ -747,9 +747,8 @@ async function agentApply(run: InstallRun): Promise<string> {
       break;
     }
     case 'systemd': {
-      const unit = systemdUnitText({ nodeId: run.nodeId, command: [...cliCommand(), ...agentArgs(spec, 'text')], envFile: files.envFile, workingDirectory: packageRoot });
-      await installSystemdAgent(files, unit, envFileText(agentEnvironment(spec)));
-      done.push(`${files.unitName} enabled and running`);
+      await installSystemdAgent(files, systemdAgentUnit(spec, files), envFileText(agentEnvironment(spec)));
+      done.push(`${files.unitName} enabled and streaming`);
       break;
     }
     case 'none': {

@@ -1,15 +1,22 @@
 // The installer's pure pieces, without a server: the judgement of the
 // prerequisites (what is wrong and its exact fix), the systemd unit and the
 // environment file (systemd is not running on the test machines, so the
-// unit is checked here, as text), the SCRAM verifiers the roles get, the
-// derived node id and the agent's URLs.
+// unit is checked here, as text, and its start against a stand-in for
+// systemctl and journalctl), the wait for a started agent to stream, the
+// SCRAM verifiers the roles get, the derived node id and the agent's URLs,
+// and how URLs are printed without their passwords.
 
 import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import pg from 'pg';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
-import { envFileText, systemdUnitText } from '../../installer/agent-service.js';
+import {
+  envFileText, installSystemdAgent, startOutcome, systemdUnitText, waitUntilStreaming, type AgentFiles, type CommandRunner,
+} from '../../installer/agent-service.js';
 import { deriveNodeId } from '../../installer/install.js';
 import { redactUrl, urlWithCredentials } from '../../installer/install-sql.js';
 import { findProblems, formatProblems, type BuildTools, type Choices, type SourceFacts, type StoreFacts } from '../../installer/prereq.js';
@@ -163,6 +170,78 @@ describe('the agent service files', () => {
     const text = envFileText({ PGTIMEWARP_SOURCE_URL: "postgresql://a:b$c@h/d?x=1&y='2'" });
     expect(text.split('\n')[1]).toBe("PGTIMEWARP_SOURCE_URL='postgresql://a:b$c@h/d?x=1&y=%272%27'");
     expect(() => envFileText({ X: 'a\nb' })).toThrow(/line break/);
+  });
+});
+
+describe('waiting for a started agent to stream', () => {
+  const line = (event: string, message: string): string => JSON.stringify({ time: '2026-01-01T00:00:00Z', level: 'info', event, message });
+  const streaming = line('streaming', 'streaming slot pgtimewarp from 0/0');
+  const retry = line('retry', 'connect ECONNREFUSED 127.0.0.1:5432; retrying in 1000 ms');
+
+  it('reads the outcome from its JSON log lines, whatever else is there', () => {
+    expect(startOutcome('')).toBeNull();
+    expect(startOutcome(`node: a warning\n${line('slot_created', 'created replication slot')}\n`)).toBeNull();
+    expect(startOutcome(`not json\n${streaming}\n${retry}`)).toBe('streaming');
+    expect(startOutcome(`${retry}\n${streaming}`)).toEqual({ failed: 'connect ECONNREFUSED 127.0.0.1:5432; retrying in 1000 ms' });
+    expect(startOutcome('null\n42\n')).toBeNull();
+  });
+
+  it('until it streams; a retry, an exit or the time running out is why not', async () => {
+    let output = '';
+    setTimeout(() => (output = `${streaming}\n`), 150);
+    expect(await waitUntilStreaming({ output: () => output, exited: () => null }, 5_000, 10)).toBeNull();
+    expect(await waitUntilStreaming({ output: () => retry, exited: () => null }, 5_000, 10)).toBe('it could not connect or stream: connect ECONNREFUSED 127.0.0.1:5432; retrying in 1000 ms');
+    expect(await waitUntilStreaming({ output: () => '', exited: () => 'exit code 1' }, 5_000, 10)).toBe('it exited (exit code 1)');
+    expect(await waitUntilStreaming({ output: () => '', exited: () => null }, 200, 10)).toBe('it did not start streaming within 0.2 s');
+  });
+
+  describe('the systemd agent (systemctl and journalctl stood in for)', () => {
+    const invocation = '0123456789abcdef0123456789abcdef';
+    const dirs: string[] = [];
+    afterAll(() => {
+      for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+    });
+    function files(): AgentFiles {
+      const dir = mkdtempSync(join(tmpdir(), 'pgtimewarp-unit-'));
+      dirs.push(dir);
+      return { pidFile: join(dir, 'a.pid'), logFile: join(dir, 'a.log'), envFile: join(dir, 'a.env'), unitName: 'pgtimewarp-agent-n1.service', unitFile: join(dir, 'a.service') };
+    }
+    /** A systemd whose unit runs (or not: `state`) and whose journal for this run holds `journal`. */
+    function systemd(journal: string, state = 'active/running/success'): { run: CommandRunner; calls: string[] } {
+      const calls: string[] = [];
+      const [active, sub, result] = state.split('/');
+      const run: CommandRunner = async (program, args) => {
+        calls.push(`${program} ${args.join(' ')}`);
+        if (program === 'journalctl') return { ok: args[0] === `_SYSTEMD_INVOCATION_ID=${invocation}`, out: journal };
+        if (args[0] === 'show') return { ok: true, out: `ActiveState=${active}\nSubState=${sub}\nResult=${result}\nInvocationID=${invocation}` };
+        return { ok: true, out: '' };
+      };
+      return { run, calls };
+    }
+
+    it('enabled, restarted, and done once that run streams', async () => {
+      const f = files();
+      const { run, calls } = systemd(`${line('publication_created', 'created publication pgtimewarp')}\n${streaming}`);
+      await installSystemdAgent(f, '[Unit]\n', 'A=1\n', { run, timeoutMs: 2_000 });
+      expect(readFileSync(f.unitFile, 'utf8')).toBe('[Unit]\n');
+      expect(calls.slice(0, 3)).toEqual(['systemctl daemon-reload', `systemctl enable ${f.unitName}`, `systemctl restart ${f.unitName}`]);
+      expect(calls).toContain(`journalctl _SYSTEMD_INVOCATION_ID=${invocation} --output=cat --no-pager --quiet`);
+    });
+
+    it('running but retrying is no success: the error says why and where to look', async () => {
+      const { run } = systemd(retry);
+      await expect(installSystemdAgent(files(), '[Unit]\n', 'A=1\n', { run, timeoutMs: 2_000 })).rejects.toThrow(
+        'pgtimewarp-agent-n1.service did not start: it could not connect or stream: connect ECONNREFUSED 127.0.0.1:5432; retrying in 1000 ms. ' +
+          'It stays enabled, and systemd restarts it after a failure; see journalctl -u pgtimewarp-agent-n1.service',
+      );
+    });
+
+    it('exited, or silent until the time runs out: an error', async () => {
+      await expect(installSystemdAgent(files(), '[Unit]\n', 'A=1\n', { run: systemd('', 'activating/auto-restart/exit-code').run, timeoutMs: 2_000 }))
+        .rejects.toThrow(/did not start: it exited \(activating\/auto-restart, result exit-code\)/);
+      await expect(installSystemdAgent(files(), '[Unit]\n', 'A=1\n', { run: systemd('').run, timeoutMs: 300 }))
+        .rejects.toThrow(/did not start: it did not start streaming within 0\.3 s/);
+    });
   });
 });
 

@@ -35,3 +35,107 @@ LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION pgtimewarp_attach(regclass) IS
     'give the history stored under a table''s name to the table that has the name now (after pg_restore); only for the extension owner''s roles';
 REVOKE ALL ON FUNCTION pgtimewarp_attach(regclass) FROM PUBLIC;
+
+-- An incarnation is dropped with its table (the agent marks it, from the
+-- DDL log below); lookups find history by the table's OID among live ones.
+ALTER FOREIGN TABLE pgtimewarp.tracked_relations
+    ADD COLUMN dropped_lsn pg_lsn,
+    ADD COLUMN dropped_ts timestamptz;
+
+-- The DDL log: what the agent must know to follow a table's history across
+-- renames (ALTER TABLE ... RENAME / SET SCHEMA, ALTER SCHEMA ... RENAME) and
+-- drops.  The event triggers below write it, as the extension's owner, in
+-- the transaction that ran the DDL, and emit a transactional "pgtimewarp"
+-- message {"action": "ddl", "first": id, "last": id} that reaches the agent
+-- in WAL order with the transaction's changes.  Anybody can emit such a
+-- message (pg_logical_emit_message is PUBLIC), so the agent believes only
+-- the rows, which only the owner can write, and only those written by the
+-- transaction the message came in (xid).
+CREATE TABLE pgtimewarp.ddl_log (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    relid oid NOT NULL,
+    event text NOT NULL CHECK (event IN ('altered', 'dropped')),
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    logged_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON pgtimewarp.ddl_log FROM PUBLIC;
+COMMENT ON TABLE pgtimewarp.ddl_log IS
+    'renames and drops of tables, for the pgtimewarp agent; written by event triggers';
+
+CREATE FUNCTION pgtimewarp.log_table_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first_id bigint;
+    last_id bigint;
+BEGIN
+    IF TG_EVENT = 'sql_drop' THEN
+        WITH logged AS (
+            INSERT INTO pgtimewarp.ddl_log (relid, event, schema_name, table_name)
+            SELECT d.objid, 'dropped', d.schema_name, d.object_name
+              FROM pg_event_trigger_dropped_objects() d
+             WHERE d.object_type = 'table' AND NOT d.is_temporary AND d.objsubid = 0
+            RETURNING id)
+        SELECT min(id), max(id) INTO first_id, last_id FROM logged;
+    ELSE
+        -- every ordinary table a command touched, named as it is now: the
+        -- agent compares with the name it knows (a renamed schema renames
+        -- all of its tables)
+        WITH touched AS (
+            SELECT c.oid FROM pg_event_trigger_ddl_commands() d
+              JOIN pg_class c ON c.oid = d.objid
+             WHERE d.classid = 'pg_catalog.pg_class'::regclass
+            UNION
+            SELECT c.oid FROM pg_event_trigger_ddl_commands() d
+              JOIN pg_class c ON c.relnamespace = d.objid
+             WHERE d.classid = 'pg_catalog.pg_namespace'::regclass),
+        logged AS (
+            INSERT INTO pgtimewarp.ddl_log (relid, event, schema_name, table_name)
+            SELECT c.oid, 'altered', n.nspname, c.relname
+              FROM touched t
+              JOIN pg_class c ON c.oid = t.oid
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+            RETURNING id)
+        SELECT min(id), max(id) INTO first_id, last_id FROM logged;
+    END IF;
+    IF first_id IS NOT NULL THEN
+        PERFORM pg_logical_emit_message(true, 'pgtimewarp',
+            json_build_object('action', 'ddl', 'first', first_id, 'last', last_id)::text);
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION pgtimewarp.log_table_ddl() IS
+    'event trigger: logs renames and drops of tables for the pgtimewarp agent';
+REVOKE ALL ON FUNCTION pgtimewarp.log_table_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER pgtimewarp_table_renamed ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA')
+    EXECUTE FUNCTION pgtimewarp.log_table_ddl();
+CREATE EVENT TRIGGER pgtimewarp_table_dropped ON sql_drop
+    EXECUTE FUNCTION pgtimewarp.log_table_ddl();
+
+-- What the agent reads of the log: the rows of one message, written by the
+-- transaction `xid` (its 32-bit xid, as the stream gives it).  SECURITY
+-- DEFINER: the agent's role needs no privilege in schema pgtimewarp; the
+-- rows hold table names and OIDs, which pg_class shows everybody.
+CREATE FUNCTION pgtimewarp_ddl_events(first_id bigint, last_id bigint, xid bigint)
+RETURNS TABLE (id bigint, relid oid, event text, schema_name text, table_name text)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.id, l.relid, l.event, l.schema_name, l.table_name
+      FROM pgtimewarp.ddl_log l
+     WHERE l.id BETWEEN first_id AND last_id
+       AND (l.xid::text::numeric % 4294967296) = pgtimewarp_ddl_events.xid
+     ORDER BY l.id
+$$;
+COMMENT ON FUNCTION pgtimewarp_ddl_events(bigint, bigint, bigint) IS
+    'the DDL log rows a "pgtimewarp" ddl message names, if transaction xid wrote them: what the agent believes';

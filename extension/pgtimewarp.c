@@ -848,12 +848,18 @@ index_key_of(ArrayType *key)
  * ----------------------------------------------------------------
  */
 
-/* What the store says about `target`, or NULL when it was never tracked. */
+/*
+ * What the store says about `target`, or NULL when it was never tracked:
+ * the live incarnation recorded from this table (by OID: the agent follows
+ * renames), else one live under its name, recorded from another table
+ * (the caller's require_same_table says so).  Dropped incarnations belong
+ * to dropped tables.
+ */
 static Tracking *
 fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 {
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		args[3];
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, OIDOID};
+	Datum		args[4];
 	Tracking   *t;
 	bool		isnull;
 	Datum		d;
@@ -861,13 +867,16 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 	args[0] = CStringGetTextDatum(node_id);
 	args[1] = CStringGetTextDatum(target->schema_name);
 	args[2] = CStringGetTextDatum(target->table_name);
+	args[3] = ObjectIdGetDatum(target->relid);
 	store_execute("SELECT r.pk_columns, r.tracked_from_lsn, r.tracked_from_ts,"
 				  "       r.untracked_lsn, r.untracked_ts,"
 				  "       c.confirmed_lsn, c.confirmed_ts, r.relation_id, r.relid"
 				  "  FROM pgtimewarp.tracked_relations r"
 				  "  LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
-				  " WHERE r.node_id = $1 AND r.schema_name = $2 AND r.table_name = $3",
-				  3, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
+				  " WHERE r.node_id = $1 AND r.dropped_lsn IS NULL"
+				  "   AND (r.relid = $4 OR (r.schema_name = $2 AND r.table_name = $3))"
+				  " ORDER BY r.relid IS NOT DISTINCT FROM $4 DESC, r.relation_id DESC",
+				  4, argtypes, args, NULL, true, 1, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return NULL;
 
@@ -2397,17 +2406,13 @@ pgtimewarp_forget(PG_FUNCTION_ARGS)
  * roles with the extension owner's privileges.
  */
 static bool
-status_visible_to(Oid caller, const char *schema_name, const char *table_name,
-				  Oid tracked_relid)
+status_visible_to(Oid caller, Oid relid)
 {
-	Oid			nspid = get_namespace_oid(schema_name, true);
-	Oid			relid = OidIsValid(nspid) ? get_relname_relid(table_name, nspid) : InvalidOid;
-
 	if (has_privs_of_role(caller, extension_owner()))
 		return true;
-	if (!OidIsValid(relid) || relid != tracked_relid)
+	if (!OidIsValid(relid) || !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
 		return false;
-	if (pg_namespace_aclcheck(nspid, caller, ACL_USAGE) != ACLCHECK_OK)
+	if (pg_namespace_aclcheck(get_rel_namespace(relid), caller, ACL_USAGE) != ACLCHECK_OK)
 		return false;
 	return pg_class_aclcheck(relid, caller, ACL_SELECT) == ACLCHECK_OK ||
 		pg_attribute_aclcheck_all(relid, caller, ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK;
@@ -2458,9 +2463,7 @@ pgtimewarp_status(PG_FUNCTION_ARGS)
 		for (int col = 0; col < ncols; col++)
 			values[col] = spi_value(row, col + 1, &nulls[col], ss.caller_cxt);
 		relid = spi_value(row, ncols + 1, &relid_null, ss.caller_cxt);
-		if (!status_visible_to(ss.saved_userid, TextDatumGetCString(values[0]),
-							   TextDatumGetCString(values[1]),
-							   relid_null ? InvalidOid : DatumGetObjectId(relid)))
+		if (!status_visible_to(ss.saved_userid, relid_null ? InvalidOid : DatumGetObjectId(relid)))
 			continue;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -15,10 +15,36 @@
 -- the store (pgtimewarp_store.index_key, for keys merged in the store) make
 -- the index form the same way, byte for byte.
 --
+-- Identity.  A tracked incarnation's history belongs to the source table it
+-- was recorded from (relid), not to its name: the agent follows renames
+-- (the extension logs them, agent/ddl.ts) and marks an incarnation dropped
+-- with its table; the extension finds history by relid.  So a name may be
+-- shared by a dropped incarnation and a live one, and only one live
+-- incarnation may record a table.
+--
 -- Gaps.  Where the store knows it lacks changes of a table (a transaction
 -- the operator chose to skip, see "pgtimewarp skip-transaction"), a row of
 -- history_gaps says from where, to where (NULL: still open) and why; a
 -- lookup inside a gap is an error that says so, never a silently stale row.
+
+ALTER TABLE pgtimewarp_store.tracked_relations DROP CONSTRAINT tracked_relations_name_key;
+ALTER TABLE pgtimewarp_store.tracked_relations
+    ADD COLUMN dropped_lsn pg_lsn,
+    ADD COLUMN dropped_ts timestamptz;
+CREATE UNIQUE INDEX tracked_relations_relid_key
+    ON pgtimewarp_store.tracked_relations (node_id, relid) WHERE dropped_lsn IS NULL;
+CREATE INDEX tracked_relations_name_idx
+    ON pgtimewarp_store.tracked_relations (node_id, schema_name, table_name);
+
+-- The names an incarnation had: the name it was renamed to at each LSN.
+CREATE TABLE pgtimewarp_store.relation_renames (
+    relation_id integer NOT NULL
+        REFERENCES pgtimewarp_store.tracked_relations (relation_id) ON DELETE CASCADE,
+    lsn         pg_lsn NOT NULL,
+    schema_name text NOT NULL,
+    table_name  text NOT NULL,
+    PRIMARY KEY (relation_id, lsn)
+);
 
 ALTER TABLE pgtimewarp_store.row_versions ADD COLUMN pk_full text[] COLLATE "C";
 ALTER TABLE pgtimewarp_store.row_versions

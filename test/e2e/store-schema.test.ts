@@ -21,6 +21,7 @@ const STORE_TABLES = [
   'history_gaps',
   'lsn_time_map',
   'nodes',
+  'relation_renames',
   'row_versions',
   'skipped_transactions',
   'tracked_relations',
@@ -236,15 +237,21 @@ describe('store constraints', () => {
     });
   });
 
-  it('keeps one incarnation per name at a time', async () => {
+  it('records a table by one live incarnation at a time; a dropped one may share its name and OID', async () => {
     await rolledBack(async () => {
-      await expectRejected(
-        client.query(
-          `INSERT INTO pgtimewarp_store.tracked_relations
-             (node_id, schema_name, table_name, pk_columns, tracked_from_lsn, tracked_from_ts)
-           VALUES ('n1', 'public', 'accounts', '{id}', '0/5000', '2024-01-05 00:00:00+00')`),
-        { code: '23505', constraint: 'tracked_relations_name_key' },
-      );
+      const track = (relid: number): Promise<unknown> => client.query(
+        `INSERT INTO pgtimewarp_store.tracked_relations
+           (node_id, schema_name, table_name, relid, pk_columns, tracked_from_lsn, tracked_from_ts)
+         VALUES ('n1', 'public', 'payroll', $1, '{id}', '0/5000', '2024-01-05 00:00:00+00')`, [relid]);
+      await track(16400);
+      await client.query('SAVEPOINT again');
+      await expectRejected(track(16400), { code: '23505', constraint: 'tracked_relations_relid_key' });
+      await client.query('ROLLBACK TO SAVEPOINT again');
+      // another table under the same name: a second incarnation
+      await track(16500);
+      // once dropped, the OID may come back with a new table
+      await client.query(`UPDATE pgtimewarp_store.tracked_relations SET dropped_lsn = '0/6000', dropped_ts = now() WHERE relid = 16400`);
+      await track(16400);
     });
   });
 });

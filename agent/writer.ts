@@ -339,16 +339,17 @@ export class StoreWriter {
   }
 
   /**
-   * The relation id of each table tracked on this node, read in the store
-   * transaction that writes the versions: a table tracked again after
-   * pgtimewarp_forget has a new id, and the old one is never reused.
+   * The tracked incarnations of this node, read in the store transaction
+   * that writes the versions: a table tracked again after pgtimewarp_forget
+   * has a new id, and the old one is never reused.
    */
   private async relationIds(): Promise<RelationIds> {
-    const res = await this.store.query<{ relation_id: number; schema_name: string; table_name: string }>(
-      `SELECT relation_id, schema_name, table_name FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`,
+    const res = await this.store.query<{ relation_id: number; schema_name: string; table_name: string; from: string }>(
+      `SELECT relation_id, schema_name, table_name, tracked_from_lsn::text AS from
+         FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`,
       [this.nodeId],
     );
-    return new Map(res.rows.map((r) => [tableKey(r.schema_name, r.table_name), r.relation_id]));
+    return new RelationIds(res.rows.map((r) => ({ id: r.relation_id, schema: r.schema_name, table: r.table_name, from: lsnFromText(r.from) })));
   }
 
   /**
@@ -361,16 +362,17 @@ export class StoreWriter {
     // Keys whose version before the group matters: where unchanged TOAST
     // values come from, and keys written after a TRUNCATE in their
     // transaction (insert or update, by whether a live version came before).
-    const wanted = new Map<string, { schema: string; table: string; pk: string[] }>();
-    for (const txn of group) {
+    const wanted = new Map<string, ProbedKey>();
+    group.forEach((txn, i) => {
+      const lsn = commits[i]!.lsn;
       for (const v of txn.versions) {
         if (v.rowData !== null && v.carryColumns.length > 0) {
           const from = v.carryFromPk ?? v.pk;
-          wanted.set(versionKey(v.schema, v.table, from), { schema: v.schema, table: v.table, pk: from });
+          wanted.set(versionKey(v.schema, v.table, from), { schema: v.schema, table: v.table, pk: from, lsn });
         }
-        if (v.opFromStore) wanted.set(versionKey(v.schema, v.table, v.pk), { schema: v.schema, table: v.table, pk: v.pk });
+        if (v.opFromStore) wanted.set(versionKey(v.schema, v.table, v.pk), { schema: v.schema, table: v.table, pk: v.pk, lsn });
       }
-    }
+    });
     /** Each key's latest version's row data (null: a tombstone), from the store, then from this group as it is written. */
     const latest = wanted.size === 0 ? new Map<string, Latest>() : await this.latestVersions([...wanted.values()], relations);
     const rows: VersionRow[] = [];
@@ -378,7 +380,7 @@ export class StoreWriter {
       const commit = commits[i]!;
       // every lookup in a transaction sees the keys as they were before it
       const made = txn.versions.flatMap((v) => {
-        const relationId = relations.get(tableKey(v.schema, v.table));
+        const relationId = relations.at(v.schema, v.table, commit.lsn);
         // no tracked incarnation by that name any more: its history was
         // deleted (pgtimewarp_forget) before the agent stored this version
         if (relationId === undefined) return [];
@@ -418,7 +420,7 @@ export class StoreWriter {
    */
   private async endTruncated(txn: AssembledTransaction, commit: CommitPoint, relations: RelationIds): Promise<void> {
     for (const { schema, table } of txn.truncated) {
-      const relationId = relations.get(tableKey(schema, table));
+      const relationId = relations.at(schema, table, commit.lsn);
       if (relationId === undefined) continue; // its history was deleted
       await this.store.query(
         `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
@@ -458,8 +460,7 @@ export class StoreWriter {
       `WITH prev AS (
          SELECT p.schema_name, p.table_name, p.pk_index, v.row_data
            FROM ${SPILL} p
-           JOIN pgtimewarp_store.tracked_relations r
-             ON r.node_id = $1 AND r.schema_name = p.schema_name AND r.table_name = p.table_name
+           ${SPILL_RELATION}
           CROSS JOIN LATERAL (
                 SELECT w.row_data FROM pgtimewarp_store.row_versions w
                  WHERE w.relation_id = r.relation_id
@@ -472,7 +473,7 @@ export class StoreWriter {
               toast = '{}'
          FROM prev
         WHERE p.schema_name = prev.schema_name AND p.table_name = prev.table_name AND p.pk_index = prev.pk_index`,
-      [this.nodeId],
+      [this.nodeId, commitLsn],
     );
     const uncarried = await this.store.query<{ schema_name: string; table_name: string; pk: string[]; toast: string[]; carry: string[] }>(
       `SELECT schema_name, table_name, pk, toast, coalesce(carry_from_pk, pk) AS carry
@@ -491,8 +492,7 @@ export class StoreWriter {
       `WITH prior AS (
          SELECT p.schema_name, p.table_name, p.pk_index, v.row_data IS NOT NULL AS live
            FROM ${SPILL} p
-           JOIN pgtimewarp_store.tracked_relations r
-             ON r.node_id = $1 AND r.schema_name = p.schema_name AND r.table_name = p.table_name
+           ${SPILL_RELATION}
           CROSS JOIN LATERAL (
                 SELECT w.row_data FROM pgtimewarp_store.row_versions w
                  WHERE w.relation_id = r.relation_id AND w.pk = p.pk_index AND w.valid_from_lsn < $2
@@ -512,8 +512,7 @@ export class StoreWriter {
                    ELSE 'u' END::"char",
               p.row_data
          FROM ${SPILL} p
-         JOIN pgtimewarp_store.tracked_relations r
-           ON r.node_id = $1 AND r.schema_name = p.schema_name AND r.table_name = p.table_name
+         ${SPILL_RELATION}
         WHERE p.row_data IS NOT NULL OR NOT (p.born_here OR p.after_truncate)`,
       [this.nodeId, commitLsn, commitTime],
     );
@@ -525,9 +524,9 @@ export class StoreWriter {
    * tombstone); keys with none are left out.  Each is one backward probe of
    * the primary key index.
    */
-  private async latestVersions(keys: Array<{ schema: string; table: string; pk: string[] }>, relations: RelationIds): Promise<Map<string, Latest>> {
+  private async latestVersions(keys: ProbedKey[], relations: RelationIds): Promise<Map<string, Latest>> {
     const probes = keys.flatMap((k, i) => {
-      const r = relations.get(tableKey(k.schema, k.table));
+      const r = relations.at(k.schema, k.table, k.lsn);
       return r === undefined ? [] : [{ i, r, k: indexKey(k.pk) }];
     });
     const res = await this.store.query<{ i: number; row_data: Record<string, string | null> | null }>(
@@ -615,8 +614,53 @@ function* copyChunks(rows: VersionRow[]): Generator<string> {
   if (chunk.length > 0) yield chunk;
 }
 
-/** Relation id by tableKey(schema, table). */
-type RelationIds = Map<string, number>;
+/**
+ * The incarnation a spilled transaction's key state belongs to, as
+ * RelationIds.at() picks it: $1 the node, $2 the commit LSN.
+ */
+const SPILL_RELATION = `CROSS JOIN LATERAL (
+                SELECT r.relation_id FROM pgtimewarp_store.tracked_relations r
+                 WHERE r.node_id = $1 AND r.schema_name = p.schema_name AND r.table_name = p.table_name
+                   AND r.tracked_from_lsn < $2::pg_lsn
+                 ORDER BY r.tracked_from_lsn DESC LIMIT 1) AS r`;
+
+/** A key whose latest stored version a write needs, and the commit it is needed for. */
+interface ProbedKey {
+  schema: string;
+  table: string;
+  pk: string[];
+  lsn: string;
+}
+
+/**
+ * The tracked incarnations by name.  A name can have several: a dropped
+ * table's and a new one's, or, until the agent has caught up with a rename,
+ * a renamed table's (still under its old name here) and the one tracked
+ * under that name since.  A change belongs to the latest incarnation of its
+ * name tracked before the change's commit.
+ */
+class RelationIds {
+  private readonly byName = new Map<string, Array<{ id: number; from: Lsn }>>();
+
+  constructor(incarnations: Array<{ id: number; schema: string; table: string; from: Lsn }>) {
+    for (const r of incarnations) {
+      const key = tableKey(r.schema, r.table);
+      const list = this.byName.get(key) ?? [];
+      list.push({ id: r.id, from: r.from });
+      this.byName.set(key, list);
+    }
+  }
+
+  /** The relation id recording schema.table at commit `lsn`, if any. */
+  at(schema: string, table: string, lsn: string): number | undefined {
+    const commit = lsnFromText(lsn);
+    let best: { id: number; from: Lsn } | undefined;
+    for (const r of this.byName.get(tableKey(schema, table)) ?? []) {
+      if (r.from < commit && (best === undefined || r.from > best.from)) best = r;
+    }
+    return best?.id;
+  }
+}
 
 function tableKey(schema: string, table: string): string {
   return JSON.stringify([schema, table]);

@@ -407,13 +407,13 @@ function steps(run: InstallRun): Step[] {
     title: 'Create the store database',
     async check() {
       const name = run.storeParams.database;
-      if (await run.storeDatabaseExists()) return { change: false, detail: `"${name}" exists` };
-      return { change: true, detail: `create database "${name}"` };
+      if (await run.storeDatabaseExists()) return { change: false, detail: `${quoteIdent(name)} exists` };
+      return { change: true, detail: `create database ${quoteIdent(name)}` };
     },
     async apply() {
       const name = run.storeParams.database;
       await run.maintenance$((c) => c.query(`CREATE DATABASE ${quoteIdent(name)}`));
-      return `created database "${name}"`;
+      return `created database ${quoteIdent(name)}`;
     },
   });
 
@@ -543,12 +543,12 @@ function steps(run: InstallRun): Step[] {
     title: 'Point the foreign server pgtimewarp_store at the store',
     async check() {
       const want = run.fdwOptions();
-      const describe = Object.entries(want).map(([k, v]) => `${k} '${v}'`).join(', ');
+      const describe = Object.entries(want).map(([k, v]) => `${k} ${quoteLiteral(v)}`).join(', ');
       if (!(await run.extensionExists())) return { change: true, detail: `set ${describe}` };
       const have = await serverOptions(run);
       const differ = Object.keys(want).filter((k) => have[k] !== want[k]);
       if (differ.length === 0) return { change: false, detail: describe };
-      return { change: true, detail: `set ${differ.map((k) => `${k} '${want[k]}'`).join(', ')}` };
+      return { change: true, detail: `set ${differ.map((k) => `${k} ${quoteLiteral(want[k]!)}`).join(', ')}` };
     },
     async apply() {
       const want = run.fdwOptions();
@@ -556,7 +556,7 @@ function steps(run: InstallRun): Step[] {
       const actions = Object.entries(want).filter(([k, v]) => have[k] !== v)
         .map(([k, v]) => `${k in have ? 'SET' : 'ADD'} ${k} ${quoteLiteral(v)}`);
       await run.source$((c) => c.query(`ALTER SERVER pgtimewarp_store OPTIONS (${actions.join(', ')})`));
-      return `set ${Object.entries(want).map(([k, v]) => `${k} '${v}'`).join(', ')}`;
+      return `set ${Object.entries(want).map(([k, v]) => `${k} ${quoteLiteral(v)}`).join(', ')}`;
     },
   });
 
@@ -596,7 +596,7 @@ function steps(run: InstallRun): Step[] {
       const configured = (await run.extensionExists())
         ? await run.source$(async (c) => (await c.query<{ node_id: string }>(`SELECT node_id FROM pgtimewarp.config`)).rows[0]?.node_id ?? null)
         : null;
-      if (configured !== run.nodeId) todo.push(`SELECT pgtimewarp_configure('${run.nodeId}') in the source`);
+      if (configured !== run.nodeId) todo.push(`SELECT pgtimewarp_configure(${quoteLiteral(run.nodeId)}) in the source`);
       const registered = (await run.storeSchemaExists())
         ? await run.store$(async (c) => ((await c.query(`SELECT 1 FROM pgtimewarp_store.nodes WHERE node_id = $1`, [run.nodeId])).rowCount ?? 0) > 0)
         : false;

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import type { AgentMode, Plugin } from './config.js';
-import { connParams, errorMessage, isMissingDatabase, withClient, type ConnParams } from './install-sql.js';
+import { connParams, errorMessage, isMissingDatabase, quoteIdent, quoteLiteral, withClient, type ConnParams } from './install-sql.js';
 
 /** The source server and database, as the installing role sees them. */
 export interface SourceFacts {
@@ -490,10 +490,10 @@ export function findProblems(source: SourceFacts, store: StoreFacts, tools: Buil
     problems.push({ what: `cannot reach the store: ${store.unreachable}`, fix: 'check --store (host, port, user, password) and that the store server accepts connections from this host' });
   } else if (!store.isSuperuser) {
     if (!store.databaseExists && !store.canCreateDb) {
-      problems.push({ what: `role "${store.params.user}" may not create the store database "${store.params.database}"`, fix: `create it first (CREATE DATABASE ${store.params.database}), or connect to the store as a role with CREATEDB` });
+      problems.push({ what: `role "${store.params.user}" may not create the store database "${store.params.database}"`, fix: `create it first (CREATE DATABASE ${quoteIdent(store.params.database)}), or connect to the store as a role with CREATEDB` });
     }
     if (!store.canCreateRole) {
-      problems.push({ what: `role "${store.params.user}" may not create the agent's and the extension's roles on the store server`, fix: `ALTER ROLE ${store.params.user} CREATEROLE, or connect to the store as a superuser` });
+      problems.push({ what: `role "${store.params.user}" may not create the agent's and the extension's roles on the store server`, fix: `ALTER ROLE ${quoteIdent(store.params.user)} CREATEROLE, or connect to the store as a superuser` });
     }
   }
 
@@ -504,7 +504,7 @@ export function findProblems(source: SourceFacts, store: StoreFacts, tools: Buil
 }
 
 function settingLiteral(s: SettingFix): string {
-  return s.name === 'output_plugin_libraries' ? `'${s.value}'` : s.value;
+  return s.name === 'output_plugin_libraries' ? quoteLiteral(s.value) : s.value;
 }
 
 function describeSetting(s: SettingFix, source: SourceFacts): string {

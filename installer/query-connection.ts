@@ -28,12 +28,5 @@ export function describeConnection(
   return `named by the PG* environment variables (${pgVars.join(', ') || 'none set: libpq defaults'})`;
 }
 
-/** An SQL identifier, quoted. */
-export function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
-}
-
-/** An SQL string literal, quoted (for SQL printed as a fix, never executed with values spliced in). */
-export function quoteLiteral(value: string): string {
-  return `'${value.replace(/'/g, "''")}'`;
-}
+// quoting for SQL printed as a fix: the installer's own, one way for all
+export { quoteIdent, quoteLiteral } from './install-sql.js';

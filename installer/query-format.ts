@@ -6,6 +6,7 @@
 // numeric with 40 digits comes out with 40 digits.  Notices go to stderr
 // as they arrive, and are also listed under "notices".
 
+import { quoteLiteral } from './install-sql.js';
 import { formatBytes, formatDuration, RawJson, renderTable, stringifyJson } from './output.js';
 import type { AsofResult, DiffResult, DiffVersion, StatusResult, TrackResult, UntrackResult } from './query.js';
 
@@ -17,7 +18,7 @@ export function formatTrack(r: TrackResult, json: boolean): string {
 export function formatUntrack(r: UntrackResult, json: boolean): string {
   if (json) return stringifyJson({ table: r.table.display, tracking: false, notices: r.notices });
   return `stopped tracking ${r.table.display}; its history stays queryable ` +
-    `(SELECT pgtimewarp_forget('${r.table.display.replace(/'/g, "''")}') deletes it)`;
+    `(SELECT pgtimewarp_forget(${quoteLiteral(r.table.display)}) deletes it)`;
 }
 
 export function formatStatus(r: StatusResult, json: boolean): string {

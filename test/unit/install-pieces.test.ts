@@ -121,8 +121,14 @@ describe('findProblems', () => {
     expect(remote.problems[0]!.fix).toBe('run pgtimewarp install on the database server host itself');
     const weakStore = findProblems(source(), store({ isSuperuser: false, canCreateRole: false, canCreateDb: false, params: { ...params, user: 'app', database: 'pgtimewarp' } }), tools, choices());
     expect(weakStore.problems.map((p) => p.fix)).toEqual([
-      'create it first (CREATE DATABASE pgtimewarp), or connect to the store as a role with CREATEDB',
-      'ALTER ROLE app CREATEROLE, or connect to the store as a superuser',
+      'create it first (CREATE DATABASE "pgtimewarp"), or connect to the store as a role with CREATEDB',
+      'ALTER ROLE "app" CREATEROLE, or connect to the store as a superuser',
+    ]);
+    // names as SQL needs them, whatever they hold
+    const oddNames = findProblems(source(), store({ isSuperuser: false, canCreateRole: false, canCreateDb: false, params: { ...params, user: `o'brien "ops"`, database: 'his tory' } }), tools, choices());
+    expect(oddNames.problems.map((p) => p.fix)).toEqual([
+      'create it first (CREATE DATABASE "his tory"), or connect to the store as a role with CREATEDB',
+      `ALTER ROLE "o'brien ""ops""" CREATEROLE, or connect to the store as a superuser`,
     ]);
   });
 

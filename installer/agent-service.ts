@@ -206,15 +206,22 @@ export function logTail(logFile: string, lines = 8, fromOffset = 0): string {
   }
 }
 
+/** A background agent just spawned: its pid, and what waitUntilStreaming watches (its log from its start). */
+export interface SpawnedAgent extends StartingAgent {
+  pid: number;
+  /** Where in the log file its output begins. */
+  logOffset: number;
+}
+
 /**
- * Start the agent detached, its output appended to the log file, and wait
- * until it streams.  An agent that stops, or has to retry, before that is
- * stopped and reported: at install time every connection must work.
+ * Spawn the agent detached, its output appended to the log file, and
+ * write the pid file.  It is on its own from then on (startBackgroundAgent
+ * waits until it streams).
  */
-export async function startBackgroundAgent(spec: AgentSpec, files: AgentFiles, timeoutMs = 30_000): Promise<number> {
+export function spawnBackgroundAgent(spec: AgentSpec, files: AgentFiles): SpawnedAgent {
   mkdirSync(dirname(files.pidFile), { recursive: true, mode: 0o700 });
   mkdirSync(dirname(files.logFile), { recursive: true, mode: 0o700 });
-  const offset = existsSync(files.logFile) ? statSync(files.logFile).size : 0;
+  const logOffset = existsSync(files.logFile) ? statSync(files.logFile).size : 0;
   const log = openSync(files.logFile, 'a', 0o600);
   const [program, ...prefix] = cliCommand();
   const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PG')));
@@ -233,14 +240,23 @@ export async function startBackgroundAgent(spec: AgentSpec, files: AgentFiles, t
   child.on('exit', (code, signal) => { exited = signal !== null ? `signal ${signal}` : `exit code ${code}`; });
   child.unref();
   writeFileSync(files.pidFile, `${pid}\n`, { mode: 0o600 });
+  return { pid, logOffset, output: () => readFrom(files.logFile, logOffset), exited: () => exited };
+}
 
-  const failed = await waitUntilStreaming({ output: () => readFrom(files.logFile, offset), exited: () => exited }, timeoutMs);
+/**
+ * Start the agent in the background and wait until it streams.  An agent
+ * that stops, or has to retry, before that is stopped and reported: at
+ * install time every connection must work.
+ */
+export async function startBackgroundAgent(spec: AgentSpec, files: AgentFiles, timeoutMs = 30_000): Promise<number> {
+  const agent = spawnBackgroundAgent(spec, files);
+  const failed = await waitUntilStreaming(agent, timeoutMs);
   if (failed !== null) {
-    await stopPid(pid);
+    await stopPid(agent.pid);
     rmSync(files.pidFile, { force: true });
-    throw new Error(`the agent did not start: ${failed}. Its log (${files.logFile}) says:\n${logTail(files.logFile, 8, offset)}`);
+    throw new Error(`the agent did not start: ${failed}. Its log (${files.logFile}) says:\n${logTail(files.logFile, 8, agent.logOffset)}`);
   }
-  return pid;
+  return agent.pid;
 }
 
 /** A file's text from `offset` on; empty while it does not exist. */
@@ -253,7 +269,7 @@ function readFrom(file: string, offset: number): string {
 }
 
 // ---------------------------------------------------------------------------
-// waiting for a started agent
+// what an agent's JSON log says: has it started streaming, is it retrying
 
 /** A just-started agent, as waitUntilStreaming watches it. */
 export interface StartingAgent {
@@ -270,17 +286,38 @@ export interface StartingAgent {
  */
 export function startOutcome(jsonLines: string): 'streaming' | { failed: string } | null {
   for (const line of jsonLines.split('\n')) {
-    let event: { event?: unknown; message?: unknown };
-    try {
-      event = JSON.parse(line) as { event?: unknown; message?: unknown };
-    } catch {
-      continue;
-    }
-    if (event === null || typeof event !== 'object') continue;
-    if (event.event === 'streaming') return 'streaming';
-    if (event.event === 'retry' || event.event === 'fatal') return { failed: typeof event.message === 'string' ? event.message : String(event.event) };
+    const event = agentEvent(line);
+    if (event?.event === 'streaming') return 'streaming';
+    if (event?.event === 'retry' || event?.event === 'fatal') return { failed: typeof event.message === 'string' ? event.message : String(event.event) };
   }
   return null;
+}
+
+/** One event of an agent's JSON log (--log-format json), or null for any other line. */
+function agentEvent(line: string): { time?: unknown; event?: unknown; message?: unknown } | null {
+  try {
+    const event = JSON.parse(line) as unknown;
+    return event !== null && typeof event === 'object' ? event as { time?: unknown; event?: unknown; message?: unknown } : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The retry a running agent is backing off from, as its JSON log lines
+ * say: its last retry, unless it streamed again after it.  Null when there
+ * is none.
+ */
+export function pendingRetry(jsonLines: string): { time: string | null; message: string } | null {
+  let pending: { time: string | null; message: string } | null = null;
+  for (const line of jsonLines.split('\n')) {
+    const event = agentEvent(line);
+    if (event?.event === 'streaming') pending = null;
+    if (event?.event === 'retry') {
+      pending = { time: typeof event.time === 'string' ? event.time : null, message: typeof event.message === 'string' ? event.message : 'retry' };
+    }
+  }
+  return pending;
 }
 
 /**

@@ -15,7 +15,7 @@ import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import {
-  envFileText, installSystemdAgent, startOutcome, systemdUnitText, waitUntilStreaming, type AgentFiles, type CommandRunner,
+  envFileText, installSystemdAgent, pendingRetry, startOutcome, systemdUnitText, waitUntilStreaming, type AgentFiles, type CommandRunner,
 } from '../../installer/agent-service.js';
 import { deriveNodeId } from '../../installer/install.js';
 import { redactUrl, urlWithCredentials } from '../../installer/install-sql.js';
@@ -190,6 +190,12 @@ describe('waiting for a started agent to stream', () => {
     expect(startOutcome(`not json\n${streaming}\n${retry}`)).toBe('streaming');
     expect(startOutcome(`${retry}\n${streaming}`)).toEqual({ failed: 'connect ECONNREFUSED 127.0.0.1:5432; retrying in 1000 ms' });
     expect(startOutcome('null\n42\n')).toBeNull();
+  });
+
+  it('a running agent backs off from its last retry, unless it streamed after it', () => {
+    expect(pendingRetry('')).toBeNull();
+    expect(pendingRetry(`${streaming}\n${retry}\nnot json`)).toEqual({ time: '2026-01-01T00:00:00Z', message: 'connect ECONNREFUSED 127.0.0.1:5432; retrying in 1000 ms' });
+    expect(pendingRetry(`${retry}\n${streaming}\n${line('applied', 'applied 1 transaction(s)')}`)).toBeNull();
   });
 
   it('until it streams; a retry, an exit or the time running out is why not', async () => {

@@ -1,6 +1,8 @@
 // Output helpers shared by the query commands and doctor: PostgreSQL notices
-// as the CLI shows them, plain text tables, byte and duration figures, and
-// JSON that can carry PostgreSQL's own JSON text unchanged.
+// and errors as the CLI shows them, plain text tables, byte and duration
+// figures, and JSON that can carry PostgreSQL's own JSON text unchanged.
+
+import pg from 'pg';
 
 /** A NOTICE or WARNING PostgreSQL sent while a command ran. */
 export interface PgNotice {
@@ -19,6 +21,30 @@ export function formatNotice(notice: PgNotice): string {
   if (notice.detail) lines.push(`DETAIL: ${notice.detail}`);
   if (notice.hint) lines.push(`HINT: ${notice.hint}`);
   return lines.join('\n');
+}
+
+/** An error as the top-level handler in cli.ts prints it on stderr: one clean line, PostgreSQL's DETAIL and HINT under it. */
+export function formatError(err: unknown): string {
+  if (err instanceof pg.DatabaseError) {
+    return formatNotice({ severity: err.severity ?? 'ERROR', message: err.message, detail: err.detail, hint: err.hint });
+  }
+  return `pgtimewarp: ${err instanceof Error ? err.message : String(err)}`;
+}
+
+/** The fields of a PostgreSQL error a script may want; the server's source location is left out. */
+const PG_ERROR_FIELDS = ['severity', 'code', 'detail', 'hint', 'position', 'where', 'schema', 'table', 'column', 'dataType', 'constraint'] as const;
+
+/**
+ * A failed command's one JSON object, for stdout under --json:
+ * {"ok":false,"command":...,"error":{"message":...}}, with PostgreSQL's
+ * fields (code is the SQLSTATE) when PostgreSQL raised it.
+ */
+export function errorJson(err: unknown, command: string | undefined): string {
+  const error: Record<string, unknown> = { message: err instanceof Error ? err.message : String(err) };
+  if (err instanceof pg.DatabaseError) {
+    for (const field of PG_ERROR_FIELDS) error[field] = err[field];
+  }
+  return stringifyJson({ ok: false, command, error });
 }
 
 /**

@@ -2,11 +2,12 @@
 // that keeps PostgreSQL's numbers exact, the diff timeline, and doctor's
 // report with the checks that could not run grouped under their cause.
 
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 
 import { grade, parsePluginList, type DoctorReport } from '../../installer/doctor-checks.js';
 import { formatDoctorReport } from '../../installer/doctor.js';
-import { formatBytes, formatDuration, formatNotice, RawJson, stringifyJson } from '../../installer/output.js';
+import { errorJson, formatBytes, formatDuration, formatError, formatNotice, RawJson, stringifyJson } from '../../installer/output.js';
 import { formatAsof, formatDiff, formatStatus } from '../../installer/query-format.js';
 import type { DiffResult, StatusRow } from '../../installer/query.js';
 
@@ -17,6 +18,25 @@ describe('stringifyJson', () => {
     const row = '{"id": 9007199254740993, "v": 1234567890123456789012345678901234567890.50}';
     expect(stringifyJson({ row: new RawJson(row), at: undefined, n: [1, null, 'x"y'] }))
       .toBe(`{"row":${row},"n":[1,null,"x\\"y"]}`);
+  });
+});
+
+describe('a failed command', () => {
+  const pgError = Object.assign(new pg.DatabaseError('table "public.t" is not tracked by pgtimewarp', 0, 'error'), {
+    severity: 'ERROR', code: '55000', detail: 'Nothing was recorded.', hint: 'Track it first.', file: 'pgtimewarp.c', line: '42',
+  });
+
+  it('on stderr: one clean line, PostgreSQL\'s DETAIL and HINT under it', () => {
+    expect(formatError(pgError)).toBe('pgtimewarp: ERROR: table "public.t" is not tracked by pgtimewarp\nDETAIL: Nothing was recorded.\nHINT: Track it first.');
+    expect(formatError(new Error('no source database'))).toBe('pgtimewarp: no source database');
+  });
+
+  it('under --json: one JSON object with PostgreSQL\'s fields (not its source location)', () => {
+    expect(JSON.parse(errorJson(pgError, 'asof'))).toEqual({
+      ok: false, command: 'asof',
+      error: { message: 'table "public.t" is not tracked by pgtimewarp', severity: 'ERROR', code: '55000', detail: 'Nothing was recorded.', hint: 'Track it first.' },
+    });
+    expect(JSON.parse(errorJson(new Error('no source database'), undefined))).toEqual({ ok: false, error: { message: 'no source database' } });
   });
 });
 

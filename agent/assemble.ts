@@ -29,7 +29,16 @@
 // - Only tables tracked at the commit count: commit LSN > tracked_from_lsn,
 //   and, once untracked, commit LSN <= untracked_lsn.  pgtimewarp_track and
 //   _untrack announce themselves with transactional messages (prefix
-//   "pgtimewarp"), which arrive in commit order like any change.
+//   "pgtimewarp"), which arrive in commit order like any change.  Any role
+//   may write such a message (pg_logical_emit_message is PUBLIC), so a
+//   message is only a claim, passed on for the agent to check against the
+//   store (agent/poison.ts); one that is not a tracking event at all is
+//   counted and passed on too, never an error.
+// - A change that cannot be assembled (or decoded: the caller says so with
+//   fail()) fails its transaction, not the stream: the rest of the
+//   transaction is read and dropped, and its COMMIT yields it with
+//   `failure` set and no versions.  The caller then knows the transaction by
+//   its end LSN, which only COMMIT tells, and can skip it or stop there.
 
 import {
   UNCHANGED_TOAST,
@@ -89,13 +98,40 @@ export interface VersionWrite {
   opFromStore: boolean;
 }
 
-/** A tracking change announced in the stream. */
+/** A tracking change announced in the stream: a claim, until the store confirms it. */
 export interface TrackingEvent {
   action: 'track' | 'untrack';
   nodeId: string;
   schema: string;
   table: string;
+  /** The LSN the message names: tracked_from_lsn, or untracked_lsn. */
   lsn: Lsn;
+}
+
+/**
+ * A "pgtimewarp" message {"action": "ddl", "first": id, "last": id}: the
+ * extension's event triggers logged renames or drops of tables, rows first
+ * to last of pgtimewarp.ddl_log, in this transaction.  A claim like a
+ * tracking event: only the log rows this transaction wrote are to be
+ * believed (pgtimewarp_ddl_events).
+ */
+export interface DdlClaim {
+  first: number;
+  last: number;
+}
+
+/** A "pgtimewarp" message that is neither a tracking event nor a DDL claim. */
+export interface MalformedTrackingMessage {
+  /** Where the message is in the WAL. */
+  messageLsn: Lsn;
+  /** Why it is not a tracking event, with the start of its content. */
+  reason: string;
+}
+
+/** A table, by name. */
+export interface TableName {
+  schema: string;
+  table: string;
 }
 
 /**
@@ -152,10 +188,33 @@ export interface AssembledTransaction {
   /** Tables truncated by this transaction: close all their other open versions. */
   truncated: Array<{ schema: string; table: string }>;
   versions: VersionWrite[];
+  /** Tracking events it carries, each once, at most MAX_TRACKING_EVENTS. */
   tracking: TrackingEvent[];
+  /** DDL claims it carries, each once, at most MAX_TRACKING_EVENTS. */
+  ddl: DdlClaim[];
+  /**
+   * It carried more distinct tracking events or DDL claims than are kept:
+   * the store and the source, not the lists, say what changed.
+   */
+  trackingOverflow: boolean;
+  /** "pgtimewarp" messages that are not tracking events: the first few, and how many in all. */
+  malformedTracking: MalformedTrackingMessage[];
+  malformedTrackingCount: number;
+  /** Tracked tables it changed (whatever the versions: a spilled transaction has none here). */
+  tables: TableName[];
+  /**
+   * Why it could not be decoded or assembled (see fail()); then `versions`
+   * is empty, and `tables` holds only those changed before the failure.
+   */
+  failure: Error | null;
   /** Roughly the bytes of row values the changes carried (0 when spilled): bounds a batch's memory. */
   bytes: number;
 }
+
+/** Distinct tracking events one transaction keeps; pgtimewarp_track writes one per table. */
+export const MAX_TRACKING_EVENTS = 1000;
+/** Malformed "pgtimewarp" messages one transaction keeps as examples (all are counted). */
+const MALFORMED_EXAMPLES = 3;
 
 /** The state of one key within the open transaction. */
 interface KeyState {
@@ -192,7 +251,14 @@ export class TransactionAssembler {
     /** Key states were handed to the writer. */
     spilled: boolean;
     truncated: Map<string, { schema: string; table: string }>;
-    tracking: TrackingEvent[];
+    /** By trackingKey: a message repeated is one event. */
+    tracking: Map<string, TrackingEvent>;
+    ddl: Map<string, DdlClaim>;
+    trackingOverflow: boolean;
+    malformed: MalformedTrackingMessage[];
+    malformedCount: number;
+    tables: Map<string, TableName>;
+    failure: Error | null;
   } | null = null;
 
   private spillQueue: SpillOp[] = [];
@@ -228,7 +294,8 @@ export class TransactionAssembler {
         }
         this.open = {
           xid: message.xid, finalLsn: message.finalLsn, keys: new Map(), bytes: 0, spilled: false,
-          truncated: new Map(), tracking: [],
+          truncated: new Map(), tracking: new Map(), ddl: new Map(), trackingOverflow: false, malformed: [], malformedCount: 0,
+          tables: new Map(), failure: null,
         };
         return null;
       case 'commit':
@@ -236,26 +303,74 @@ export class TransactionAssembler {
       case 'relation':
         return null;
       case 'message':
-        if (message.transactional && message.prefix === TRACKING_MESSAGE_PREFIX) {
-          this.require('message').tracking.push(parseTrackingMessage(message.content));
-        }
+        if (message.transactional && message.prefix === TRACKING_MESSAGE_PREFIX) this.trackingMessage(message.lsn, message.content);
         return null;
       case 'insert':
-        this.applyRow(message.relation, null, message.newRow, 'insert');
-        this.spillIfFull();
-        return null;
       case 'update':
-        this.applyRow(message.relation, message.oldRow, message.newRow, 'update');
-        this.spillIfFull();
-        return null;
       case 'delete':
-        this.applyDelete(message.relation, message.oldRow);
-        this.spillIfFull();
-        return null;
       case 'truncate':
-        for (const relation of message.relations) this.applyTruncate(relation);
+        this.change(message);
         return null;
     }
+  }
+
+  /**
+   * The open transaction cannot be decoded or assembled: drop what it holds,
+   * ignore the rest of it, and yield it at COMMIT with this failure.
+   */
+  fail(err: Error): void {
+    const open = this.require('a failure');
+    if (open.failure !== null) return;
+    open.failure = err;
+    open.keys = new Map();
+    open.bytes = 0;
+    this.spillQueue = [];
+  }
+
+  private change(message: Extract<DecodedMessage, { type: 'insert' | 'update' | 'delete' | 'truncate' }>): void {
+    const open = this.require('change');
+    if (open.failure !== null) return;
+    try {
+      switch (message.type) {
+        case 'insert':
+          this.applyRow(message.relation, null, message.newRow, 'insert');
+          break;
+        case 'update':
+          this.applyRow(message.relation, message.oldRow, message.newRow, 'update');
+          break;
+        case 'delete':
+          this.applyDelete(message.relation, message.oldRow);
+          break;
+        case 'truncate':
+          for (const relation of message.relations) this.applyTruncate(relation);
+          return;
+      }
+    } catch (err) {
+      // the same change fails the same way every time: the transaction's
+      // failure, for the caller to decide on once COMMIT names it
+      this.fail(err instanceof Error ? err : new AssemblyError(String(err)));
+      return;
+    }
+    this.spillIfFull();
+  }
+
+  private trackingMessage(messageLsn: Lsn, content: string): void {
+    const open = this.require('message');
+    const message = readPgtimewarpMessage(content);
+    if (typeof message === 'string') {
+      open.malformedCount++;
+      if (open.malformed.length < MALFORMED_EXAMPLES) open.malformed.push({ messageLsn, reason: message });
+      return;
+    }
+    const [list, key, value]: [Map<string, TrackingEvent | DdlClaim>, string, TrackingEvent | DdlClaim] = message.kind === 'tracking'
+      ? [open.tracking, trackingKey(message.event), message.event]
+      : [open.ddl, `${message.claim.first}-${message.claim.last}`, message.claim];
+    if (list.has(key)) return;
+    if (list.size >= MAX_TRACKING_EVENTS) {
+      open.trackingOverflow = true;
+      return;
+    }
+    list.set(key, value);
   }
 
   private require(what: string): NonNullable<TransactionAssembler['open']> {
@@ -275,9 +390,9 @@ export class TransactionAssembler {
   private trackedNow(relation: RelationInfo): TrackedTable | undefined {
     const tracked = this.catalog.tracked(relation.schema, relation.table);
     if (tracked === undefined) return undefined;
-    const commitLsn = this.require('change').finalLsn;
-    if (commitLsn <= tracked.trackedFromLsn) return undefined;
-    if (tracked.untrackedLsn !== null && commitLsn > tracked.untrackedLsn) return undefined;
+    const open = this.require('change');
+    if (!recordingAt(tracked, open.finalLsn)) return undefined;
+    open.tables.set(tableId(relation.schema, relation.table), { schema: relation.schema, table: relation.table });
     return tracked;
   }
 
@@ -381,13 +496,20 @@ export class TransactionAssembler {
       throw new AssemblyError(`COMMIT at ${commitLsn} of a transaction that BEGIN said commits at ${open.finalLsn}`);
     }
     this.open = null;
+    const common = {
+      xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
+      tracking: [...open.tracking.values()], ddl: [...open.ddl.values()], trackingOverflow: open.trackingOverflow,
+      malformedTracking: open.malformed, malformedTrackingCount: open.malformedCount,
+      tables: [...open.tables.values()], failure: open.failure,
+    };
 
+    if (open.failure !== null) {
+      // pieces it spilled before failing are the caller's to drop (StoreWriter.abandonSpill)
+      return { ...common, spilled: open.spilled, truncated: [], versions: [], bytes: 0 };
+    }
     if (open.spilled) {
       this.spillQueue.push({ kind: 'merge', keys: [...open.keys.values()].map(spilledKey) });
-      return {
-        spilled: true, xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
-        truncated: [...open.truncated.values()], versions: [], tracking: open.tracking, bytes: 0,
-      };
+      return { ...common, spilled: true, truncated: [...open.truncated.values()], versions: [], bytes: 0 };
     }
 
     const versions: VersionWrite[] = [];
@@ -418,13 +540,7 @@ export class TransactionAssembler {
         opFromStore: state.afterTruncate,
       });
     }
-    return {
-      spilled: false, xid: open.xid, commitLsn, endLsn, commitTime, commitTimeMicros,
-      truncated: [...open.truncated.values()],
-      versions,
-      tracking: open.tracking,
-      bytes: open.bytes,
-    };
+    return { ...common, spilled: false, truncated: [...open.truncated.values()], versions, bytes: open.bytes };
   }
 
   private spillIfFull(): void {
@@ -487,27 +603,70 @@ function keyId(schema: string, table: string, pk: string[]): string {
   return JSON.stringify([schema, table, pk]);
 }
 
-/** The JSON pgtimewarp_track / _untrack put in their logical message. */
+function trackingKey(e: TrackingEvent): string {
+  return JSON.stringify([e.action, e.nodeId, e.schema, e.table, e.lsn.toString()]);
+}
+
+/**
+ * Whether a table's changes in a transaction whose commit record starts at
+ * `commitLsn` are recorded: after tracking began, not after it stopped.
+ */
+export function recordingAt(t: TrackedTable, commitLsn: Lsn): boolean {
+  return commitLsn > t.trackedFromLsn && (t.untrackedLsn === null || commitLsn <= t.untrackedLsn);
+}
+
+/**
+ * The JSON pgtimewarp_track / _untrack put in their logical message.
+ * Throws AssemblyError for anything else; readPgtimewarpMessage says why instead.
+ */
 export function parseTrackingMessage(content: string): TrackingEvent {
+  const message = readPgtimewarpMessage(content);
+  if (typeof message === 'string') throw new AssemblyError(message);
+  if (message.kind !== 'tracking') throw new AssemblyError(`not a tracking message: ${excerpt(content)}`);
+  return message.event;
+}
+
+/** What a "pgtimewarp" transactional message claims. */
+export type PgtimewarpMessage = { kind: 'tracking'; event: TrackingEvent } | { kind: 'ddl'; claim: DdlClaim };
+
+/**
+ * The claim a "pgtimewarp" message holds, or why it holds none.  Any role
+ * can write such a message, so anything at all may arrive here: the answer
+ * is never an exception, and quotes at most the start of it.
+ */
+export function readPgtimewarpMessage(content: string): PgtimewarpMessage | string {
   let parsed: unknown;
   try {
     parsed = JSON.parse(content);
   } catch {
-    throw new AssemblyError(`pgtimewarp message is not JSON: ${content}`);
+    return `pgtimewarp message is not JSON: ${excerpt(content)}`;
   }
-  const m = parsed as Record<string, unknown>;
+  const m = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? parsed as Record<string, unknown> : {};
+  const action = m['action'];
+  if (action === 'ddl') {
+    const first = m['first'];
+    const last = m['last'];
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || (first as number) < 1 || (first as number) > (last as number)) {
+      return `unexpected pgtimewarp message: ${excerpt(content)}`;
+    }
+    return { kind: 'ddl', claim: { first: first as number, last: last as number } };
+  }
+  const nodeId = m['node_id'];
+  const schema = m['schema_name'];
+  const table = m['table_name'];
+  const lsn = m['lsn'];
   if (
-    (m['action'] !== 'track' && m['action'] !== 'untrack') ||
-    typeof m['node_id'] !== 'string' || typeof m['schema_name'] !== 'string' ||
-    typeof m['table_name'] !== 'string' || typeof m['lsn'] !== 'string'
+    (action !== 'track' && action !== 'untrack') || typeof nodeId !== 'string' || typeof schema !== 'string' ||
+    typeof table !== 'string' || typeof lsn !== 'string' || !LSN_TEXT.test(lsn)
   ) {
-    throw new AssemblyError(`unexpected pgtimewarp message: ${content}`);
+    return `unexpected pgtimewarp message: ${excerpt(content)}`;
   }
-  return {
-    action: m['action'],
-    nodeId: m['node_id'],
-    schema: m['schema_name'],
-    table: m['table_name'],
-    lsn: lsnFromText(m['lsn']),
-  };
+  return { kind: 'tracking', event: { action, nodeId, schema, table, lsn: lsnFromText(lsn) } };
+}
+
+const LSN_TEXT = /^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/;
+
+/** The start of a message's content, for an error or a health event. */
+function excerpt(content: string): string {
+  return content.length <= 200 ? JSON.stringify(content) : `${JSON.stringify(content.slice(0, 200))}... (${content.length} characters)`;
 }

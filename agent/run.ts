@@ -13,8 +13,12 @@ import pg from 'pg';
 import {
   AssemblyError, TRACKING_MESSAGE_PREFIX, TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable,
 } from './assemble.js';
-import { lsnFromText, lsnToText, type Decoder, type Lsn } from './decode.js';
+import { lsnFromText, lsnToText, type DecodedMessage, type Decoder, type Lsn } from './decode.js';
 import { PGOUTPUT_PROTO_VERSION, PgoutputDecodeError, PgoutputDecoder } from './pgoutput.js';
+import {
+  FailureStreak, POISON_ATTEMPTS, SKIP_CHANNEL, Throttle, TransactionFailure, catalogShows, failsEveryTime, gapTables,
+  loadSkips, poisonMessage, recordPoison, recordSkip, skippedTransaction, tableList,
+} from './poison.js';
 import { ReplicationStream, type ReplicationMessage } from './replication.js';
 import { Wal2jsonDecoder, Wal2jsonError, wal2jsonOptions, type CatalogColumn } from './wal2json.js';
 import { StoreWriteError, StoreWriter, type Checkpoint } from './writer.js';
@@ -105,6 +109,8 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   const log = opts.log ?? (() => undefined);
   const backoff = opts.backoff ?? { initialMs: 1000, maxMs: 30_000 };
   let wait = backoff.initialMs;
+  // a transaction that fails alike every time is poison: stop there, saying how to skip it
+  const streak = new FailureStreak();
   while (!opts.signal?.aborted) {
     try {
       const outcome = await runSession(opts, log, () => {
@@ -112,8 +118,20 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
       });
       if (outcome === 'restart') continue;
       return;
-    } catch (err) {
+    } catch (caught) {
       if (opts.signal?.aborted) return;
+      let err = caught;
+      if (err instanceof TransactionFailure) {
+        const attempts = streak.note(err);
+        if (attempts >= POISON_ATTEMPTS) {
+          const message = poisonMessage(err, attempts);
+          log({ level: 'error', event: 'poison_transaction', message, endLsn: lsnToText(err.endLsn), xid: err.xid,
+            tables: err.tables === null ? null : tableList(err.tables), error: err.reason });
+          const failure = err;
+          await withStore(opts, (store) => recordPoison(store, opts.nodeId, failure, message)).catch(() => undefined);
+          err = new AgentFatalError(message);
+        }
+      }
       if (err instanceof AgentFatalError) {
         log({ level: 'error', event: 'fatal', message: err.message });
         await recordHealth(opts, 'error', 'agent_stopped', err.message).catch(() => undefined);
@@ -147,6 +165,13 @@ async function runSession(
     await store.connect();
     await source.connect();
     const writer = new StoreWriter(store, opts.nodeId, opts.slot);
+    // transactions the operator chose to skip (pgtimewarp skip-transaction), read again when it says so
+    await store.query(`LISTEN ${SKIP_CHANNEL}`);
+    let skipsChanged = false;
+    store.on('notification', (n) => {
+      if (n.channel === SKIP_CHANNEL && n.payload === opts.nodeId) skipsChanged = true;
+    });
+    let skips = await loadSkips(store, opts.nodeId);
     const identity = await source.query<{ db: string; sysid: string }>(
       `SELECT current_database() AS db, system_identifier::text AS sysid FROM pg_catalog.pg_control_system()`,
     );
@@ -218,6 +243,43 @@ async function runSession(
       written = work.then(() => 'written' as const);
       written.catch(() => undefined); // handled by whoever awaits it: settle() or the loop's race
     };
+    const stored = (transactions: AssembledTransaction[], held: number, bytes: number, saved: Checkpoint, started: number): void => {
+      const writeSeconds = (performance.now() - started) / 1000;
+      const versions = held + writer.spilledVersions;
+      log({ level: 'info', event: 'applied', message: `applied ${transactions.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
+        transactions: transactions.length, versions, bytes, lsn: lsnToText(saved.lsn), writeMs: Math.round(writeSeconds * 1000) });
+      applied = saved.lsn;
+      stream!.confirm(saved.lsn);
+      stream!.sendStatus();
+      observe.applied?.({ transactions: transactions.length, versions, bytes, lsn: saved.lsn, lastCommitTime: saved.time, writeSeconds });
+      onProgress();
+    };
+    /**
+     * Store a batch.  When the store refuses it for its data, one of its
+     * transactions is to blame: they are stored one by one, and the one
+     * refused is a TransactionFailure (a spilled transaction, whose pieces
+     * went with the rollback, is always a batch of its own).
+     */
+    const writeBatch = async (transactions: AssembledTransaction[], held: number, bytes: number): Promise<void> => {
+      let started = performance.now();
+      try {
+        stored(transactions, held, bytes, await writer.apply(transactions), started);
+        return;
+      } catch (err) {
+        if (!failsEveryTime(err)) throw err;
+        if (transactions.length === 1) throw TransactionFailure.of(transactions[0]!, 'store', err);
+      }
+      for (const txn of transactions) {
+        started = performance.now();
+        let saved: Checkpoint;
+        try {
+          saved = await writer.apply([txn]);
+        } catch (err) {
+          throw failsEveryTime(err) ? TransactionFailure.of(txn, 'store', err) : err;
+        }
+        stored([txn], txn.versions.length, txn.bytes, saved, started);
+      }
+    };
     const startWrite = (): void => {
       const transactions = batch;
       const held = batchVersions;
@@ -225,18 +287,55 @@ async function runSession(
       batch = [];
       batchVersions = 0;
       batchBytes = 0;
-      const started = performance.now();
-      launch(writer.apply(transactions).then((saved) => {
-        const writeSeconds = (performance.now() - started) / 1000;
-        const versions = held + writer.spilledVersions;
-        log({ level: 'info', event: 'applied', message: `applied ${transactions.length} transaction(s), ${versions} version(s) up to ${lsnToText(saved.lsn)}`,
-          transactions: transactions.length, versions, bytes, lsn: lsnToText(saved.lsn), writeMs: Math.round(writeSeconds * 1000) });
-        applied = saved.lsn;
-        stream!.confirm(saved.lsn);
-        stream!.sendStatus();
-        observe.applied?.({ transactions: transactions.length, versions, bytes, lsn: saved.lsn, lastCommitTime: saved.time, writeSeconds });
-        onProgress();
-      }));
+      launch(writeBatch(transactions, held, bytes));
+    };
+
+    // Health events found while streaming (forged tracking messages), each
+    // kind at most once a minute: written when the store is free, never
+    // inside a batch's store transaction, whose rollback would take them.
+    const pendingHealth: Array<{ kind: string; message: string; detail: object }> = [];
+    const throttle = new Throttle();
+    const report = (kind: string, message: string, detail: object): void => {
+      const held = throttle.take(kind);
+      if (held === null) return;
+      const text = held > 0 ? `${message} (and ${held} more like it since the last report)` : message;
+      log({ level: 'warning', event: kind, message: text, ...detail });
+      pendingHealth.push({ kind, message: text, detail });
+    };
+
+    /**
+     * The tracking messages a transaction carried, checked against the
+     * store (agent/poison.ts).  Returns whether the tracked tables changed,
+     * which needs the batch stored and, for wal2json, a new stream.
+     */
+    const checkTracking = async (txn: AssembledTransaction): Promise<boolean> => {
+      const where = `the transaction ending at ${lsnToText(txn.endLsn)} (xid ${txn.xid})`;
+      if (txn.malformedTrackingCount > 0) {
+        report('tracking_message_malformed',
+          `${txn.malformedTrackingCount} "${TRACKING_MESSAGE_PREFIX}" logical message(s) in ${where} are not tracking events, ignored ` +
+            `(pg_logical_emit_message is executable by every role: something other than pgtimewarp_track/_untrack wrote them): ` +
+            txn.malformedTracking.map((m) => `at ${lsnToText(m.messageLsn)}: ${m.reason}`).join('; '),
+          { endLsn: lsnToText(txn.endLsn), xid: txn.xid, count: txn.malformedTrackingCount });
+      }
+      const unknown = txn.tracking.filter((e) => !catalogShows(e, opts.nodeId, catalog.all()));
+      if (unknown.length === 0 && !txn.trackingOverflow) return false; // already known: nothing to do
+      const before = catalog.fingerprint();
+      try {
+        await catalog.refresh();
+      } catch (err) {
+        await settle(); // a failed store write is the error to report
+        throw err;
+      }
+      const unverified = unknown.filter((e) => !catalogShows(e, opts.nodeId, catalog.all()));
+      if (unverified.length > 0) {
+        report('tracking_message_unverified',
+          `${unverified.length} tracking message(s) in ${where} claim what the store does not show, ignored: ` +
+            unverified.slice(0, 3).map((e) => `${e.action} ${e.schema}.${e.table} at ${lsnToText(e.lsn)}${e.nodeId === opts.nodeId ? '' : ` for node ${e.nodeId}`}`).join(', ') +
+            `${unverified.length > 3 ? ', ...' : ''}. Either a role wrote them with pg_logical_emit_message (executable by every role), ` +
+            `or the table's history has since been forgotten.`,
+          { endLsn: lsnToText(txn.endLsn), xid: txn.xid, count: unverified.length });
+      }
+      return catalog.fingerprint() !== before;
     };
 
     // The horizon: a position before which the server has sent everything,
@@ -277,6 +376,13 @@ async function runSession(
     /** Start the store's next piece of work if it is free: a batch, a heartbeat, the periodic health check. */
     const pump = (): void => {
       if (writing !== null) return;
+      if (pendingHealth.length > 0 && !writer.spilling) {
+        const events = pendingHealth.splice(0);
+        launch((async () => {
+          for (const e of events) await writer.recordHealth('warning', e.kind, e.message, e.detail);
+        })());
+        return;
+      }
       if (batch.length > 0) {
         startWrite();
         return;
@@ -322,13 +428,22 @@ async function runSession(
           pump();
           continue;
         }
-        for (const decoded of decoder.decode(message.payload)) {
+        let messages: DecodedMessage[];
+        try {
+          messages = decoder.decode(message.payload);
+        } catch (err) {
+          if (!assembler.inTransaction) throw err;
+          // it fails its transaction, which COMMIT names (see below)
+          assembler.fail(err instanceof Error ? err : new Error(String(err)));
+          messages = [];
+        }
+        for (const decoded of messages) {
           if (decoded.type === 'relation') await catalog.learnTypes(decoded.relation.columns.map((c) => c.typeOid));
           if (decoded.type === 'message' && !decoded.transactional && decoded.prefix === TRACKING_MESSAGE_PREFIX && !assembler.inTransaction) {
             // the extension waits for history to be stored up to here (a horizon request)
             horizon = { lsn: decoded.lsn, time: message.sendTime, requested: true };
           }
-          const txn = assembler.push(decoded);
+          const committed = assembler.push(decoded);
           for (const op of assembler.takeSpill()) {
             await settle(); // a batch being written may be the one that ends the last spilled transaction
             if (!writer.spilling) {
@@ -337,8 +452,16 @@ async function runSession(
               await settle();
               log({ level: 'info', event: 'spilling', message: 'a transaction too big to hold in memory: merging it in the store piece by piece until its COMMIT' });
             }
-            await writer.spill(op);
+            try {
+              await writer.spill(op);
+            } catch (err) {
+              if (!failsEveryTime(err)) throw err;
+              // the store refuses this transaction's data (and rolled its pieces back): it fails, as above
+              assembler.fail(err instanceof Error ? err : new Error(String(err)));
+              break;
+            }
           }
+          let txn = committed;
           if (txn === null) continue;
           if (txn.endLsn <= applied) {
             // stored before the restart
@@ -348,18 +471,51 @@ async function runSession(
             }
             continue;
           }
+          if (skipsChanged) {
+            skipsChanged = false;
+            await settle();
+            skips = await loadSkips(store, opts.nodeId);
+          }
+          const skip = skips.get(txn.endLsn);
+          if (skip !== undefined) {
+            // the operator's decision (pgtimewarp skip-transaction): none of its versions, a gap from it on
+            await settle();
+            if (txn.spilled) await writer.abandonSpill();
+            const tables = gapTables(txn, catalog.all());
+            const reason = await recordSkip(store, opts.nodeId, txn, tables, skip);
+            log({ level: 'warning', event: 'transaction_skipped',
+              message: `${reason}; ${tables.length === 0 ? 'it changed no tracked table' : `history gap recorded from ${lsnToText(txn.endLsn)} on for ${tableList(tables)}`}`,
+              endLsn: lsnToText(txn.endLsn), xid: txn.xid, tables: tableList(tables) });
+            txn = skippedTransaction(txn);
+          } else if (txn.failure !== null) {
+            await settle();
+            if (txn.spilled) await writer.abandonSpill();
+            // what came before it is stored, so that history stops right at it
+            if (batch.length > 0) startWrite();
+            await settle();
+            throw TransactionFailure.of(txn, failsEveryTime(txn.failure) ? 'store' : 'decode', txn.failure);
+          }
           observe.received?.(txn.endLsn, txn.commitTime);
           batch.push(txn);
           batchVersions += txn.versions.length;
           batchBytes += txn.bytes;
-          if (txn.tracking.length > 0) {
+          if (txn.spilled) {
+            // its pieces are in the store transaction already open: it commits alone
             await settle();
             startWrite();
-            await settle();
-            await catalog.refresh();
-            log({ level: 'info', event: 'tracking', message: txn.tracking.map((e) => `${e.action} ${e.schema}.${e.table}`).join(', ') });
-            // wal2json's add-tables is fixed for a stream: start again with the new list from here
-            if (opts.plugin === 'wal2json') return 'restart';
+          }
+          // (txn.ddl, the extension's claims of renames and drops, is not acted on here yet)
+          if (txn.tracking.length > 0 || txn.malformedTrackingCount > 0 || txn.trackingOverflow) {
+            if (await checkTracking(txn)) {
+              await settle();
+              if (batch.length > 0) startWrite();
+              await settle();
+              const confirmed = txn.tracking.filter((e) => catalogShows(e, opts.nodeId, catalog.all()));
+              log({ level: 'info', event: 'tracking',
+                message: confirmed.length > 0 ? confirmed.map((e) => `${e.action} ${e.schema}.${e.table}`).join(', ') : 'the tracked tables changed in the store' });
+              // wal2json's add-tables is fixed for a stream: start again with the new list from here
+              if (opts.plugin === 'wal2json') return 'restart';
+            }
           }
         }
         if (message.walEnd > 0n) observe.serverPosition?.(message.walEnd);
@@ -389,6 +545,16 @@ class SourceCatalog implements Catalog {
 
   async refresh(): Promise<void> {
     this.tables = await this.writer.trackedTables();
+  }
+
+  /** Every table tracked, or once tracked, on this node. */
+  all(): TrackedTable[] {
+    return this.tables;
+  }
+
+  /** Tells whether two refreshes read the same tables, tracked over the same LSNs. */
+  fingerprint(): string {
+    return JSON.stringify(this.tables.map((t) => [t.schema, t.table, t.pkColumns, t.trackedFromLsn.toString(), t.untrackedLsn?.toString() ?? null]).sort());
   }
 
   /** Tables whose changes are recorded now (tracked, not untracked). */
@@ -480,6 +646,7 @@ async function ensureSlot(source: pg.Client, opts: AgentOptions, checkpoint: Che
 
 /** The health event kind of an error the agent retries after. */
 export function retryKind(err: unknown): string {
+  if (err instanceof TransactionFailure) return err.stage === 'decode' ? 'decode_error' : 'store_write_error';
   if (err instanceof PgoutputDecodeError || err instanceof Wal2jsonError) return 'decode_error';
   if (err instanceof AssemblyError) return 'decode_error';
   if (err instanceof StoreWriteError) return 'store_write_error';
@@ -583,11 +750,16 @@ async function refuseHistoryGaps(source: pg.Client, opts: AgentOptions, tables: 
 
 /** A health event on a connection of its own: the session's may be what failed. */
 async function recordHealth(opts: AgentOptions, severity: 'info' | 'warning' | 'error', kind: string, message: string): Promise<void> {
+  await withStore(opts, (store) => new StoreWriter(store, opts.nodeId, opts.slot).recordHealth(severity, kind, message));
+}
+
+/** `work` on a store connection of its own. */
+async function withStore(opts: AgentOptions, work: (store: pg.Client) => Promise<void>): Promise<void> {
   const store = new pg.Client({ connectionString: opts.storeUrl });
   store.on('error', () => undefined);
   await store.connect();
   try {
-    await new StoreWriter(store, opts.nodeId, opts.slot).recordHealth(severity, kind, message);
+    await work(store);
   } finally {
     await store.end();
   }

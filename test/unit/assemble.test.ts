@@ -4,7 +4,9 @@
 
 import { describe, expect, it } from 'vitest';
 
-import { AssemblyError, TransactionAssembler, type Catalog, type TrackedTable } from '../../agent/assemble.js';
+import {
+  AssemblyError, MAX_TRACKING_EVENTS, TransactionAssembler, parseTrackingMessage, readPgtimewarpMessage, type Catalog, type TrackedTable,
+} from '../../agent/assemble.js';
 import { UNCHANGED_TOAST, type ColumnValue, type DecodedMessage, type RelationInfo } from '../../agent/decode.js';
 
 const INT4 = 23;
@@ -158,15 +160,98 @@ describe('TransactionAssembler', () => {
     expect(t.tracking).toEqual([{ action: 'track', nodeId: 'n1', schema: 'public', table: 't', lsn: 1000n }]);
   });
 
-  it('refuses a change without its key, and a stream out of order', () => {
-    expect(() => transaction([{ type: 'delete', relation: accounts, oldRow: row({ note: 'x' }) }])).toThrow(
-      /lacks primary key column "id"/,
-    );
+  it('fails the transaction of a change without its key, and refuses a stream out of order', () => {
+    const t = transaction([{ type: 'delete', relation: accounts, oldRow: row({ note: 'x' }) }]);
+    expect(t.failure?.message).toMatch(/lacks primary key column "id"/);
     const assembler = new TransactionAssembler(catalog(tracked));
     expect(() => assembler.push(insert('1', 'x'))).toThrow(AssemblyError);
     assembler.push({ type: 'begin', xid: 1, finalLsn: 200n, commitTime: when, commitTimeMicros: whenMicros });
     expect(() => assembler.push({ type: 'begin', xid: 2, finalLsn: 300n, commitTime: when, commitTimeMicros: whenMicros })).toThrow(/inside xid 1/);
     expect(() => assembler.push({ type: 'commit', commitLsn: 300n, endLsn: 310n, commitTime: when, commitTimeMicros: whenMicros })).toThrow(/BEGIN said/);
+  });
+});
+
+describe('tracking messages anyone can write', () => {
+  const message = (content: string, lsn = 990n): DecodedMessage => ({ type: 'message', transactional: true, lsn, prefix: 'pgtimewarp', content });
+  const track = (table: string, lsn = '0/3E8'): string =>
+    JSON.stringify({ action: 'track', node_id: 'n1', schema_name: 'public', table_name: table, lsn });
+
+  it('are never an error: what is not a tracking event is counted, with the start of the first few', () => {
+    const contents = ['x', 'null', '[1]', '{"action": "track"}', track('t', 'not an lsn'), '{"action": "drop", "node_id": "n1"}', 'y'.repeat(10_000)];
+    const t = transaction([...contents.map((c, i) => message(c, 900n + BigInt(i))), insert('1', 'still recorded')]);
+    expect(t.failure).toBeNull();
+    expect(t.tracking).toEqual([]);
+    expect(t.malformedTrackingCount).toBe(contents.length);
+    expect(t.malformedTracking).toEqual([
+      { messageLsn: 900n, reason: 'pgtimewarp message is not JSON: "x"' },
+      { messageLsn: 901n, reason: 'unexpected pgtimewarp message: "null"' },
+      { messageLsn: 902n, reason: 'unexpected pgtimewarp message: "[1]"' },
+    ]);
+    expect(t.versions).toHaveLength(1);
+    // a long one is quoted in part
+    expect(readPgtimewarpMessage('y'.repeat(10_000))).toBe(`pgtimewarp message is not JSON: "${'y'.repeat(200)}"... (10000 characters)`);
+    expect(() => parseTrackingMessage('null')).toThrow(AssemblyError);
+  });
+
+  it('include the extension\'s DDL claims, passed on as claims', () => {
+    const t = transaction([message('{"action" : "ddl", "first" : 2, "last" : 3}'), message('{"action": "ddl", "first": 2, "last": 3}'),
+      message('{"action": "ddl", "first": 3, "last": 2}'), message('{"action": "ddl", "first": "1", "last": 2}')]);
+    expect(t.ddl).toEqual([{ first: 2, last: 3 }]);
+    expect(t.malformedTrackingCount).toBe(2);
+    expect(() => parseTrackingMessage('{"action": "ddl", "first": 2, "last": 3}')).toThrow(/not a tracking message/);
+  });
+
+  it('are kept once each, and only so many: beyond that the transaction says the list is not whole', () => {
+    const t = transaction([message(track('t')), message(track('t')), message(track('u'))]);
+    expect(t.tracking.map((e) => e.table)).toEqual(['t', 'u']);
+    expect(t.trackingOverflow).toBe(false);
+    const flood = transaction(Array.from({ length: MAX_TRACKING_EVENTS + 5 }, (_, i) => message(track(`t${i}`))));
+    expect(flood.tracking).toHaveLength(MAX_TRACKING_EVENTS);
+    expect(flood.trackingOverflow).toBe(true);
+  });
+});
+
+describe('a transaction that cannot be assembled', () => {
+  it('fails at its COMMIT, with the tracked tables it changed, and the stream goes on', () => {
+    const assembler = new TransactionAssembler(catalog(tracked));
+    assembler.push({ type: 'begin', xid: 7, finalLsn: 1000n, commitTime: when, commitTimeMicros: whenMicros });
+    assembler.push(insert('1', 'before'));
+    expect(assembler.push({ type: 'delete', relation: accounts, oldRow: row({ note: 'no key' }) })).toBeNull();
+    assembler.push({ type: 'insert', relation: prices, newRow: row({ p: '1.5' }) }); // after the failure: ignored
+    assembler.push({ type: 'insert', relation: untracked, newRow: row({ id: '1' }) });
+    const failed = assembler.push({ type: 'commit', commitLsn: 1000n, endLsn: 1048n, commitTime: when, commitTimeMicros: whenMicros });
+    expect(failed).toMatchObject({ xid: 7, endLsn: 1048n, versions: [], truncated: [], tables: [{ schema: 'public', table: 'accounts' }] });
+    expect(failed?.failure).toBeInstanceOf(AssemblyError);
+    expect(failed?.failure?.message).toMatch(/change to public\.accounts lacks primary key column "id"/);
+
+    assembler.push({ type: 'begin', xid: 8, finalLsn: 2000n, commitTime: when, commitTimeMicros: whenMicros });
+    assembler.push(insert('2', 'after'));
+    const next = assembler.push({ type: 'commit', commitLsn: 2000n, endLsn: 2048n, commitTime: when, commitTimeMicros: whenMicros });
+    expect(next?.failure).toBeNull();
+    expect(next?.versions.map((v) => v.pk)).toEqual([['2']]);
+  });
+
+  it('fails when the caller says it could not be decoded, and drops what it spilled', () => {
+    const assembler = new TransactionAssembler(catalog(tracked), { spillKeys: 2 });
+    assembler.push({ type: 'begin', xid: 9, finalLsn: 3000n, commitTime: when, commitTimeMicros: whenMicros });
+    assembler.push(insert('1', 'a'));
+    assembler.push(insert('2', 'b'));
+    expect(assembler.takeSpill()).toHaveLength(1); // the caller merged these into the store already
+    assembler.push(insert('3', 'c'));
+    assembler.fail(new Error('payload cannot be decoded'));
+    assembler.push(insert('4', 'd'));
+    assembler.push(insert('5', 'e'));
+    const failed = assembler.push({ type: 'commit', commitLsn: 3000n, endLsn: 3048n, commitTime: when, commitTimeMicros: whenMicros });
+    expect(assembler.takeSpill()).toEqual([]); // no merge of the rest: the pieces are the caller's to drop
+    expect(failed).toMatchObject({ spilled: true, versions: [] });
+    expect(failed?.failure?.message).toBe('payload cannot be decoded');
+    expect(() => new TransactionAssembler(catalog(tracked)).fail(new Error('x'))).toThrow(/outside a transaction/);
+  });
+
+  it('lists the tracked tables a transaction changed', () => {
+    const t = transaction([insert('1', 'x'), { type: 'insert', relation: untracked, newRow: row({ id: '1' }) },
+      { type: 'truncate', relations: [prices] }]);
+    expect(t.tables).toEqual([{ schema: 'public', table: 'accounts' }, { schema: 'public', table: 'prices' }]);
   });
 });
 

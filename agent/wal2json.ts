@@ -48,9 +48,11 @@
 //   carried forward as UNCHANGED_TOAST until the next INSERT into the table.
 // - The table's OID is not sent: RelationInfo.oid is 0; relations are known
 //   by schema and table name (a renamed table looks like a new one).
-// - A logical message's content is cut at its first NUL byte.  Content (and
-//   any payload) that is not valid UTF-8 is an error, not a guess: the
-//   decoder assumes a UTF8 database, where all text is valid UTF-8.
+// - A logical message's content is cut at its first NUL byte.  A payload
+//   that is not valid UTF-8 is an error, not a guess (the decoder assumes a
+//   UTF8 database, where all text is valid UTF-8), except a logical
+//   message's: any role can write one of any bytes, and its content comes
+//   with U+FFFD for the bytes that are not UTF-8.
 // - A DELETE under REPLICA IDENTITY DEFAULT carries the key columns only;
 //   oldRow holds just those (pgoutput's key tuple holds the same values).
 // - Commit timestamps arrive as ISO text in the session's time zone, with
@@ -195,18 +197,26 @@ export class Wal2jsonDecoder implements Decoder {
 
   decode(payload: Buffer): DecodedMessage[] {
     let text: string;
+    let utf8 = true;
     try {
       text = this.utf8.decode(payload);
     } catch {
-      throw new Wal2jsonError('wal2json output is not valid UTF-8 (is the database encoding UTF8?)');
+      // Any role can write a logical message of any bytes (wal2json copies
+      // them as they are): such a message is decoded with U+FFFD for what is
+      // not UTF-8, for the agent to ignore as not pgtimewarp's, rather than
+      // stop the stream.  Anything else that is not UTF-8 is an error.
+      text = new TextDecoder('utf-8').decode(payload);
+      utf8 = false;
     }
     let doc: JsonValue;
     try {
       doc = parseExactJson(text);
     } catch (err) {
+      if (!utf8) throw notUtf8();
       throw new Wal2jsonError(`wal2json output is not JSON: ${(err as Error).message}: ${excerpt(text)}`);
     }
-    if (!(doc instanceof Map)) {
+    if (!(doc instanceof Map) || (!utf8 && doc.get('action') !== 'M')) {
+      if (!utf8) throw notUtf8();
       throw new Wal2jsonError(`wal2json output is not a JSON object: ${excerpt(text)}`);
     }
     try {
@@ -529,6 +539,10 @@ function timestampField(doc: JsonObject): bigint {
   const offsetSeconds = (m[8] === '-' ? -1 : 1) * (n(9) * 3600 + n(10) * 60 + n(11));
   const fraction = BigInt((m[7] ?? '').padEnd(6, '0'));
   return BigInt(localSeconds - offsetSeconds) * 1_000_000n + fraction;
+}
+
+function notUtf8(): Wal2jsonError {
+  return new Wal2jsonError('wal2json output is not valid UTF-8 (is the database encoding UTF8?)');
 }
 
 function excerpt(text: string): string {

@@ -14,8 +14,14 @@ const insert = (value: string, typeoid = 17): string =>
   `{"action":"I","schema":"s","table":"t","columns":[{"name":"c","typeoid":${typeoid},"value":${value},"position":1}],"pk":[]}`;
 
 describe('Wal2jsonDecoder on malformed input', () => {
-  it('refuses bytes that are not UTF-8', () => {
+  it('refuses bytes that are not UTF-8, but in a logical message, which any role can write', () => {
     expect(() => decode(Buffer.from([0x7b, 0xff, 0x7d]))).toThrow(/not valid UTF-8/);
+    expect(() => decode(Buffer.concat([Buffer.from(insert('"'), 'utf8'), Buffer.from([0xff]), Buffer.from('"')]))).toThrow(/not valid UTF-8/);
+    const message = Buffer.concat([
+      Buffer.from('{"action":"M","transactional":true,"prefix":"pgtimewarp","content":"a', 'utf8'), Buffer.from([0xff, 0xc3]),
+      Buffer.from('","lsn":"0/16B3F08"}', 'utf8'),
+    ]);
+    expect(decode(message)).toEqual([{ type: 'message', transactional: true, lsn: 0x16b3f08n, prefix: 'pgtimewarp', content: 'a\ufffd\ufffd' }]);
   });
 
   it('refuses text that is not one JSON object', () => {

@@ -457,7 +457,9 @@ async function runSession(
             } catch (err) {
               if (!failsEveryTime(err)) throw err;
               // the store refuses this transaction's data (and rolled its pieces back): it fails, as above
-              assembler.fail(err instanceof Error ? err : new Error(String(err)));
+              const failure = err instanceof Error ? err : new Error(String(err));
+              if (committed !== null) committed.failure = failure; // its last piece, taken at its COMMIT
+              else assembler.fail(failure);
               break;
             }
           }

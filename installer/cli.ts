@@ -3,7 +3,7 @@
 // functions that do the work, and owns the one error handler that prints a
 // clean message and sets the exit code.
 
-import { Command } from 'commander';
+import { Command, CommanderError } from 'commander';
 import pg from 'pg';
 
 import { AgentMetrics } from '../agent/metrics.js';
@@ -13,25 +13,44 @@ import { configPath, readConfig, type Plugin } from './config.js';
 import { registerDemoCommand } from './demo.js';
 import { registerDoctorCommand } from './doctor.js';
 import { registerInstallCommands } from './install-cli.js';
+import { registerSkipCommand } from './skip.js';
+import { errorJson, formatError } from './output.js';
 import { migrateStore } from './store.js';
 
-/** Print an error as one clean line (PostgreSQL's fields kept), exit non-zero. */
+/** The command whose action runs, and whether it was asked for --json; null until its action starts. */
+let running: { name: string; json: boolean } | null = null;
+
+/**
+ * Print an error as one clean line (PostgreSQL's fields kept) and exit
+ * non-zero.  Under --json, stdout gets the error as one JSON object too,
+ * so a script reading stdout always gets JSON.  Usage errors commander
+ * found before any action ran were already printed by commander.
+ */
 function fail(err: unknown): never {
-  if (err instanceof pg.DatabaseError) {
-    const lines = [`pgtimewarp: ${err.severity ?? 'ERROR'}: ${err.message}`];
-    if (err.detail) lines.push(`DETAIL: ${err.detail}`);
-    if (err.hint) lines.push(`HINT: ${err.hint}`);
-    console.error(lines.join('\n'));
-  } else {
-    console.error(`pgtimewarp: ${err instanceof Error ? err.message : String(err)}`);
+  const argv = process.argv.slice(2);
+  const end = argv.indexOf('--');
+  const json = running?.json ?? (end < 0 ? argv : argv.slice(0, end)).includes('--json');
+  const first = argv.find((a) => !a.startsWith('-'));
+  const command = running?.name ?? program.commands.find((c) => c.name() === first)?.name();
+  if (err instanceof CommanderError) {
+    // help and --version end this way too, successfully
+    if (err.exitCode !== 0 && json) console.log(errorJson(err, command));
+    process.exit(err.exitCode);
   }
+  if (json) console.log(errorJson(err, command));
+  console.error(formatError(err));
   process.exit(1);
 }
 
 const program = new Command()
   .name('pgtimewarp')
   .description('Time travel for PostgreSQL tables, from WAL-derived history kept in a separate store.')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // usage errors come to fail() too (commander prints them first), for --json's sake
+  .exitOverride()
+  .hook('preAction', (_program, action) => {
+    running = { name: action.name(), json: action.opts()['json'] === true };
+  });
 
 program
   .command('migrate')
@@ -130,6 +149,7 @@ function portNumber(text: string): number | null {
 registerInstallCommands(program); // install, uninstall
 registerQueryCommands(program); // track, untrack, status, asof, diff
 registerDoctorCommand(program); // doctor
+registerSkipCommand(program); // skip-transaction
 registerDemoCommand(program); // demo
 
 /** The node id the source database was configured with (pgtimewarp.config). */

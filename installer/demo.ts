@@ -465,15 +465,10 @@ with --install-deps; add options after --, e.g. npm run demo -- --keep).`)
         await runDemo({ keep: flags.keep, installDeps: flags.installDeps });
         return;
       }
-      // stdout is the JSON, a failure's too; the one-line error goes to stderr as ever
-      try {
-        const result = await runDemo({
-          keep: flags.keep, installDeps: flags.installDeps, narrate: () => undefined, progress: (text) => void process.stderr.write(text),
-        });
-        console.log(formatJson(result));
-      } catch (err) {
-        console.log(stringifyJson({ command: 'demo', ok: false, error: err instanceof Error ? err.message : String(err) }));
-        throw err;
-      }
+      // stdout is the JSON (a failure's comes from the handler in cli.ts); progress goes to stderr
+      const result = await runDemo({
+        keep: flags.keep, installDeps: flags.installDeps, narrate: () => undefined, progress: (text) => void process.stderr.write(text),
+      });
+      console.log(formatJson(result));
     });
 }

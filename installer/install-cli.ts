@@ -45,16 +45,6 @@ function confirmer(flags: CommonFlags, question: string): ((plan: StepResult[]) 
   };
 }
 
-/** Under --json a failure is a JSON object too (on stdout), as well as the one line on stderr. */
-async function reportingJsonErrors<T>(flags: CommonFlags, command: string, work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (err) {
-    if (flags.json) console.log(JSON.stringify({ command, ok: false, error: err instanceof Error ? err.message : String(err) }, null, 2));
-    throw err;
-  }
-}
-
 function printInstall(result: InstallResult): void {
   console.log(`\n${result.message}`);
   if (result.dryRun) return;
@@ -113,11 +103,11 @@ Example:
   pgtimewarp install --source postgresql://postgres@localhost/app \\
                      --store postgresql://postgres@localhost/pgtimewarp`)
     .action(async (flags: InstallFlags) => {
-      const result = await reportingJsonErrors(flags, 'install', () => runInstall({
+      const result = await runInstall({
         source: flags.source, store: flags.store, node: flags.node, slot: flags.slot, agent: flags.agent, plugin: flags.plugin,
         installDeps: flags.installDeps, restart: flags.restart, dryRun: flags.dryRun,
         renderer: rendererFor(flags), confirm: confirmer(flags, 'Install?'),
-      }));
+      });
       if (flags.json) console.log(JSON.stringify({ ok: true, ...result }, null, 2));
       else printInstall(result);
     });
@@ -138,10 +128,10 @@ unless --drop-store.  Roles are dropped only when install created them and
 nothing else depends on them.  Idempotent, like install.
 ${CONNECTIONS_HELP}`)
     .action(async (flags: UninstallFlags) => {
-      const result = await reportingJsonErrors(flags, 'uninstall', () => runUninstall({
+      const result = await runUninstall({
         source: flags.source, store: flags.store, dropStore: flags.dropStore, dryRun: flags.dryRun,
         renderer: rendererFor(flags), confirm: confirmer(flags, 'Uninstall?'),
-      }));
+      });
       if (flags.json) console.log(JSON.stringify({ ok: true, ...result }, null, 2));
       else printUninstall(result);
     });

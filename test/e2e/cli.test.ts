@@ -5,7 +5,8 @@
 // print are compared with what the table held, as PostgreSQL's own JSON
 // text (to_jsonb(row)::text), so a lost digit or a reordered column fails.
 // Errors must come out as PostgreSQL's message with its DETAIL and HINT, or
-// as one clean line, and exit 1.
+// as one clean line, and exit 1; under --json, stdout has the error as one
+// JSON object as well.
 
 import type pg from 'pg';
 import { writeFileSync } from 'node:fs';
@@ -314,6 +315,37 @@ describe('where the CLI finds the source database', () => {
     const broken = await runCli(['status'], cleanEnv({ PGTIMEWARP_CONFIG: config }));
     expectCleanFailure(broken);
     expect(broken.stderr).toMatch(/^pgtimewarp: config file .+ is not valid JSON .+; fix or delete it\n$/);
+  });
+});
+
+describe('--json when a command fails', () => {
+  it('PostgreSQL\'s error: one JSON object on stdout with its fields, the clean message on stderr, exit 1', async () => {
+    const r = await cli('diff', 'other', '--key', '{"id": 1}', '--json');
+    expect(r.code, r.stderr).toBe(1);
+    const out = JSON.parse(r.stdout) as { ok: boolean; command: string; error: Record<string, string> };
+    expect(out).toMatchObject({
+      ok: false, command: 'diff',
+      error: { message: expect.stringMatching(/public\.other.* is not tracked by pgtimewarp$/), severity: 'ERROR', code: expect.stringMatching(/^[0-9A-Z]{5}$/) },
+    });
+    expect(out.error['detail']).toEqual(expect.any(String));
+    expect(out.error['hint']).toMatch(/pgtimewarp_track/);
+    expect(r.stdout.trimEnd().split('\n')).toHaveLength(1);
+    expect(r.stderr).toBe(`pgtimewarp: ERROR: ${out.error['message']}\nDETAIL: ${out.error['detail']}\nHINT: ${out.error['hint']}\n`);
+  });
+
+  it('any other failure, and a usage error: a JSON object too, exit 1', async () => {
+    const unreachable = await runCli(['status', '--json', '--source', 'postgresql://someone:secret@127.0.0.1:1/app'], cleanEnv());
+    expect(unreachable.code).toBe(1);
+    expect(JSON.parse(unreachable.stdout)).toEqual({
+      ok: false, command: 'status', error: { message: expect.stringMatching(/^could not connect to the source database postgresql:\/\/someone:\*\*\*@127\.0\.0\.1:1\/app \(from --source\): .*ECONNREFUSED/) },
+    });
+    expect(unreachable.stderr).toMatch(/^pgtimewarp: could not connect to the source database .+\n$/);
+    expect(unreachable.stdout + unreachable.stderr).not.toContain('secret');
+
+    const usage = await runCli(['asof', 'items', '--key', '{"id": 1}', '--at', 'now', '--json', '--bogus'], cleanEnv());
+    expect(usage.code).toBe(1);
+    expect(JSON.parse(usage.stdout)).toEqual({ ok: false, command: 'asof', error: { message: "error: unknown option '--bogus'" } });
+    expect(usage.stderr).toMatch(/^error: unknown option '--bogus'\n/);
   });
 });
 

@@ -53,8 +53,13 @@ import { canonicalKey } from './key.js';
 
 export const TRACKING_MESSAGE_PREFIX = 'pgtimewarp';
 
-/** A tracked table, as tracked_relations has it. */
+/** A tracked incarnation of a table, as tracked_relations has it. */
 export interface TrackedTable {
+  /** The store's id of this incarnation: what its versions are written under. */
+  relationId: number;
+  /** The OID of the source table it records (null only in stores from before 0.3 written by hand). */
+  relid: number | null;
+  /** Its name now: the name changes reach the stream under from here on (see Catalog). */
   schema: string;
   table: string;
   /** Primary key columns, in key order (tracked_relations.pk_columns). */
@@ -65,7 +70,12 @@ export interface TrackedTable {
 
 /** What the assembler needs to know about tables and types. */
 export interface Catalog {
-  tracked(schema: string, table: string): TrackedTable | undefined;
+  /**
+   * The incarnation a change to schema.table in a transaction committing at
+   * `commitLsn` belongs to, if one records it: a name may have been another
+   * table's before, or this table's under another name (agent/ddl.ts).
+   */
+  tracked(schema: string, table: string, commitLsn: Lsn): TrackedTable | undefined;
   /** The base type OID of a type OID (a domain's base type, else itself). */
   baseType(typeOid: number): number;
 }
@@ -74,6 +84,8 @@ export type VersionOp = 'insert' | 'update' | 'delete' | 'truncate';
 
 /** One version to write, valid from the transaction's commit LSN. */
 export interface VersionWrite {
+  /** The incarnation it belongs to (TrackedTable.relationId); schema and table name it for messages. */
+  relationId: number;
   schema: string;
   table: string;
   /** Canonical key (agent/key.ts). */
@@ -140,6 +152,7 @@ export interface TableName {
  * unchanged-TOAST columns listed apart from the values known.
  */
 export interface SpilledKey {
+  relationId: number;
   schema: string;
   table: string;
   pk: string[];
@@ -164,7 +177,7 @@ export interface SpilledKey {
  */
 export type SpillOp =
   | { kind: 'merge'; keys: SpilledKey[] }
-  | { kind: 'truncate'; schema: string; table: string };
+  | { kind: 'truncate'; relationId: number };
 
 export interface AssemblerOptions {
   /** Spill once the open transaction holds this many key states.  Default 5000. */
@@ -186,7 +199,7 @@ export interface AssembledTransaction {
   /** The exact commit time, microseconds since 1970 (agent/decode.ts). */
   commitTimeMicros: bigint;
   /** Tables truncated by this transaction: close all their other open versions. */
-  truncated: Array<{ schema: string; table: string }>;
+  truncated: Array<{ relationId: number; schema: string; table: string }>;
   versions: VersionWrite[];
   /** Tracking events it carries, each once, at most MAX_TRACKING_EVENTS. */
   tracking: TrackingEvent[];
@@ -209,6 +222,22 @@ export interface AssembledTransaction {
   failure: Error | null;
   /** Roughly the bytes of row values the changes carried (0 when spilled): bounds a batch's memory. */
   bytes: number;
+  /**
+   * Renames and drops of tracked tables it made, verified against the
+   * extension's DDL log (agent/ddl.ts); the agent sets them, the writer
+   * stores them with the transaction.
+   */
+  identity?: IdentityChange[];
+}
+
+/** A tracked incarnation renamed (its table now named schema.table) or dropped. */
+export interface IdentityChange {
+  kind: 'renamed' | 'dropped';
+  relationId: number;
+  schema: string;
+  table: string;
+  oldSchema: string;
+  oldTable: string;
 }
 
 /** Distinct tracking events one transaction keeps; pgtimewarp_track writes one per table. */
@@ -218,6 +247,7 @@ const MALFORMED_EXAMPLES = 3;
 
 /** The state of one key within the open transaction. */
 interface KeyState {
+  relationId: number;
   schema: string;
   table: string;
   pk: string[];
@@ -250,7 +280,8 @@ export class TransactionAssembler {
     bytes: number;
     /** Key states were handed to the writer. */
     spilled: boolean;
-    truncated: Map<string, { schema: string; table: string }>;
+    /** By relation id. */
+    truncated: Map<number, { relationId: number; schema: string; table: string }>;
     /** By trackingKey: a message repeated is one event. */
     tracking: Map<string, TrackingEvent>;
     ddl: Map<string, DdlClaim>;
@@ -388,9 +419,9 @@ export class TransactionAssembler {
    * table ended by tracked_from_lsn and every later one starts after it.
    */
   private trackedNow(relation: RelationInfo): TrackedTable | undefined {
-    const tracked = this.catalog.tracked(relation.schema, relation.table);
-    if (tracked === undefined) return undefined;
     const open = this.require('change');
+    const tracked = this.catalog.tracked(relation.schema, relation.table, open.finalLsn);
+    if (tracked === undefined) return undefined;
     if (!recordingAt(tracked, open.finalLsn)) return undefined;
     open.tables.set(tableId(relation.schema, relation.table), { schema: relation.schema, table: relation.table });
     return tracked;
@@ -414,13 +445,14 @@ export class TransactionAssembler {
     return canonicalKey(values, types);
   }
 
-  private stateFor(relation: RelationInfo, pk: string[], firstOp: 'insert' | 'other'): KeyState {
+  private stateFor(relation: RelationInfo, tracked: TrackedTable, pk: string[], firstOp: 'insert' | 'other'): KeyState {
     const open = this.require('change');
-    const id = keyId(relation.schema, relation.table, pk);
+    const id = keyId(tracked.relationId, pk);
     let state = open.keys.get(id);
     if (state === undefined) {
-      const afterTruncate = open.truncated.has(tableId(relation.schema, relation.table));
+      const afterTruncate = open.truncated.has(tracked.relationId);
       state = {
+        relationId: tracked.relationId,
         schema: relation.schema,
         table: relation.table,
         pk,
@@ -444,14 +476,14 @@ export class TransactionAssembler {
 
     if (kind === 'update' && oldRow !== null) {
       const oldPk = this.keyOf(relation, tracked, oldRow);
-      if (keyId(relation.schema, relation.table, oldPk) !== keyId(relation.schema, relation.table, newPk)) {
+      if (keyId(tracked.relationId, oldPk) !== keyId(tracked.relationId, newPk)) {
         // key change: the old key is gone, the new one begins with its values
-        const old = this.stateFor(relation, oldPk, 'other');
+        const old = this.stateFor(relation, tracked, oldPk, 'other');
         carried = old.row;
         carryFromPk = old.row === null ? oldPk : old.carryFromPk ?? oldPk;
         old.row = null;
         old.firstRemoval ??= 'delete';
-        const fresh = this.stateFor(relation, newPk, 'insert');
+        const fresh = this.stateFor(relation, tracked, newPk, 'insert');
         fresh.row = mergeRow(newRow, carried);
         fresh.carryFromPk = carryFromPk;
         this.require('change').bytes += rowBytes(newRow);
@@ -459,7 +491,7 @@ export class TransactionAssembler {
       }
     }
 
-    const state = this.stateFor(relation, newPk, kind === 'insert' ? 'insert' : 'other');
+    const state = this.stateFor(relation, tracked, newPk, kind === 'insert' ? 'insert' : 'other');
     state.row = mergeRow(newRow, state.row);
     this.require('change').bytes += rowBytes(newRow);
   }
@@ -467,27 +499,28 @@ export class TransactionAssembler {
   private applyDelete(relation: RelationInfo, oldRow: RowImage): void {
     const tracked = this.trackedNow(relation);
     if (tracked === undefined) return;
-    const state = this.stateFor(relation, this.keyOf(relation, tracked, oldRow), 'other');
+    const state = this.stateFor(relation, tracked, this.keyOf(relation, tracked, oldRow), 'other');
     state.row = null;
     state.firstRemoval ??= 'delete';
   }
 
   private applyTruncate(relation: RelationInfo): void {
-    if (this.trackedNow(relation) === undefined) return;
+    const tracked = this.trackedNow(relation);
+    if (tracked === undefined) return;
     const open = this.require('truncate');
     if (open.spilled) {
       // states merged earlier are the writer's: it truncates them, after
       // merging those held here, which came before this TRUNCATE
       this.spill();
-      this.spillQueue.push({ kind: 'truncate', schema: relation.schema, table: relation.table });
+      this.spillQueue.push({ kind: 'truncate', relationId: tracked.relationId });
     }
     for (const state of open.keys.values()) {
-      if (state.schema === relation.schema && state.table === relation.table && state.row !== null) {
+      if (state.relationId === tracked.relationId && state.row !== null) {
         state.row = null;
         state.firstRemoval ??= 'truncate';
       }
     }
-    open.truncated.set(tableId(relation.schema, relation.table), { schema: relation.schema, table: relation.table });
+    open.truncated.set(tracked.relationId, { relationId: tracked.relationId, schema: relation.schema, table: relation.table });
   }
 
   private commit(commitLsn: Lsn, endLsn: Lsn, commitTime: Date, commitTimeMicros: bigint): AssembledTransaction {
@@ -520,7 +553,7 @@ export class TransactionAssembler {
         // closes it if it existed
         if (state.bornHere || state.afterTruncate) continue;
         versions.push({
-          schema: state.schema, table: state.table, pk: state.pk,
+          relationId: state.relationId, schema: state.schema, table: state.table, pk: state.pk,
           op: state.firstRemoval ?? 'delete',
           rowData: null, carryColumns: [], carryFromPk: null, opFromStore: false,
         });
@@ -533,7 +566,7 @@ export class TransactionAssembler {
         else rowData[name] = value;
       }
       versions.push({
-        schema: state.schema, table: state.table, pk: state.pk,
+        relationId: state.relationId, schema: state.schema, table: state.table, pk: state.pk,
         op: state.bornHere ? 'insert' : 'update',
         rowData, carryColumns,
         carryFromPk: carryColumns.length > 0 ? state.carryFromPk ?? state.pk : null,
@@ -570,7 +603,7 @@ function spilledKey(state: KeyState): SpilledKey {
     }
   }
   return {
-    schema: state.schema, table: state.table, pk: state.pk,
+    relationId: state.relationId, schema: state.schema, table: state.table, pk: state.pk,
     bornHere: state.bornHere, afterTruncate: state.afterTruncate,
     rowData, toastColumns,
     carryFromPk: toastColumns.length > 0 ? state.carryFromPk : null,
@@ -599,8 +632,9 @@ function tableId(schema: string, table: string): string {
   return JSON.stringify([schema, table]);
 }
 
-function keyId(schema: string, table: string, pk: string[]): string {
-  return JSON.stringify([schema, table, pk]);
+/** A key of an incarnation: the same row whatever name the stream gave its table. */
+function keyId(relationId: number, pk: string[]): string {
+  return JSON.stringify([relationId, pk]);
 }
 
 function trackingKey(e: TrackingEvent): string {

@@ -498,8 +498,9 @@ export function startReplicationCommand(slot: string, startLsn: Lsn, pluginOptio
 }
 
 // The replication command scanner (repl_scanner.l) knows "" inside quoted
-// identifiers and '' inside string literals, and no backslash escapes.
-function quoteIdentifier(name: string): string {
+// identifiers and '' inside string literals, and no backslash escapes; so
+// does SQL (agent/ddl.ts).
+export function quoteIdentifier(name: string): string {
   if (name.length === 0 || name.includes('\0')) throw new Error(`invalid identifier ${JSON.stringify(name)}`);
   return `"${name.replace(/"/g, '""')}"`;
 }

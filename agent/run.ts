@@ -11,8 +11,10 @@
 import pg from 'pg';
 
 import {
-  AssemblyError, TRACKING_MESSAGE_PREFIX, TransactionAssembler, type AssembledTransaction, type Catalog, type TrackedTable,
+  AssemblyError, TRACKING_MESSAGE_PREFIX, TransactionAssembler, type AssembledTransaction, type Catalog, type IdentityChange,
+  type TrackedTable,
 } from './assemble.js';
+import { verifiedDdlEvents, type DdlEvent, type RenameAlias } from './ddl.js';
 import { lsnFromText, lsnToText, type DecodedMessage, type Decoder, type Lsn } from './decode.js';
 import { PGOUTPUT_PROTO_VERSION, PgoutputDecodeError, PgoutputDecoder } from './pgoutput.js';
 import {
@@ -111,11 +113,13 @@ export async function runAgent(opts: AgentOptions): Promise<void> {
   let wait = backoff.initialMs;
   // a transaction that fails alike every time is poison: stop there, saying how to skip it
   const streak = new FailureStreak();
+  // names tracked tables took in transactions not yet stored (agent/ddl.ts), kept across sessions
+  const renames: RenameAlias[] = [];
   while (!opts.signal?.aborted) {
     try {
       const outcome = await runSession(opts, log, () => {
         wait = backoff.initialMs; // progress was made: the next failure starts over
-      });
+      }, renames);
       if (outcome === 'restart') continue;
       return;
     } catch (caught) {
@@ -155,6 +159,7 @@ async function runSession(
   opts: AgentOptions,
   log: (e: AgentEvent) => void,
   onProgress: () => void,
+  renames: RenameAlias[],
 ): Promise<'stop' | 'restart'> {
   const store = new pg.Client({ connectionString: opts.storeUrl });
   const source = new pg.Client({ connectionString: opts.sourceUrl });
@@ -176,7 +181,7 @@ async function runSession(
       `SELECT current_database() AS db, system_identifier::text AS sysid FROM pg_catalog.pg_control_system()`,
     );
     await writer.registerNode(identity.rows[0]!.db, identity.rows[0]!.sysid);
-    const catalog = new SourceCatalog(source, writer);
+    const catalog = new SourceCatalog(source, writer, renames);
     await catalog.refresh();
     const checkpoint = await writer.checkpoint();
     await ensureSlot(source, opts, checkpoint, log);
@@ -191,9 +196,9 @@ async function runSession(
       pluginOptions = { proto_version: PGOUTPUT_PROTO_VERSION, publication_names: PUBLICATION, messages: 'true' };
     } else {
       const wal2json = new Wal2jsonDecoder();
-      for (const t of catalog.recording()) wal2json.knowRelation(t.schema, t.table, await catalog.columns(t.schema, t.table));
+      for (const t of catalog.streamedNames()) wal2json.knowRelation(t.schema, t.table, await catalog.columns(t));
       decoder = wal2json;
-      pluginOptions = Object.fromEntries(wal2jsonOptions(catalog.recording()));
+      pluginOptions = Object.fromEntries(wal2jsonOptions(catalog.streamedNames()));
     }
 
     const startLsn = checkpoint?.lsn ?? 0n;
@@ -497,6 +502,40 @@ async function runSession(
             await settle();
             throw TransactionFailure.of(txn, failsEveryTime(txn.failure) ? 'store' : 'decode', txn.failure);
           }
+          let restartAfterWrite = false;
+          if (txn.ddl.length > 0) {
+            // renames and drops of tracked tables (agent/ddl.ts)
+            const claimed = (await Promise.all(txn.ddl.map((c) => verifiedDdlEvents(source, c.first, c.last, txn.xid)))).flat();
+            if (claimed.length === 0) {
+              log({ level: 'warning', event: 'unverified_ddl_message',
+                message: `transaction ${lsnToText(txn.endLsn)} (xid ${txn.xid}) carried a "pgtimewarp" DDL message naming no DDL log rows it wrote: ignored` });
+            }
+            const changes = catalog.identityChanges(claimed, txn.commitLsn);
+            const unknown = changes.filter((c) => c.kind === 'renamed' && !catalog.knowsRename(c, txn.commitLsn));
+            if (unknown.length > 0) {
+              // Its changes after the rename came under a name not known to
+              // be this table's, and were passed over (with wal2json, not
+              // even sent): store what came before it, then read it again
+              // knowing the name.
+              await settle();
+              if (txn.spilled) await writer.abandonSpill();
+              if (batch.length > 0) startWrite();
+              await settle();
+              for (const c of unknown) renames.push({ relationId: c.relationId, schema: c.schema, table: c.table, fromLsn: txn.commitLsn });
+              log({ level: 'info', event: 'rename_seen',
+                message: `${unknown.map((c) => `${c.oldSchema}.${c.oldTable} renamed to ${c.schema}.${c.table}`).join(', ')} at ${lsnToText(txn.endLsn)}: reading from there again under the new name` });
+              return 'restart';
+            }
+            if (changes.length > 0) {
+              txn.identity = changes;
+              catalog.apply(changes, txn.endLsn);
+              log({ level: 'info', event: 'renamed_or_dropped',
+                message: changes.map((c) => (c.kind === 'renamed' ? `${c.oldSchema}.${c.oldTable} renamed to ${c.schema}.${c.table}` : `${c.schema}.${c.table} dropped`)).join(', '),
+                lsn: lsnToText(txn.endLsn) });
+              // add-tables is fixed for a stream: the new names from here on
+              restartAfterWrite = opts.plugin === 'wal2json' && changes.some((c) => c.kind === 'renamed');
+            }
+          }
           observe.received?.(txn.endLsn, txn.commitTime);
           batch.push(txn);
           batchVersions += txn.versions.length;
@@ -506,7 +545,12 @@ async function runSession(
             await settle();
             startWrite();
           }
-          // (txn.ddl, the extension's claims of renames and drops, is not acted on here yet)
+          if (restartAfterWrite) {
+            await settle();
+            if (batch.length > 0) startWrite();
+            await settle();
+            return 'restart';
+          }
           if (txn.tracking.length > 0 || txn.malformedTrackingCount > 0 || txn.trackingOverflow) {
             if (await checkTracking(txn)) {
               await settle();
@@ -543,10 +587,16 @@ class SourceCatalog implements Catalog {
   private tables: TrackedTable[] = [];
   private readonly baseTypes = new Map<number, number>();
 
-  constructor(private readonly source: pg.Client, private readonly writer: StoreWriter) {}
+  constructor(private readonly source: pg.Client, private readonly writer: StoreWriter, private readonly renames: RenameAlias[]) {}
 
   async refresh(): Promise<void> {
     this.tables = await this.writer.trackedTables();
+    // renames stored since they were seen need no alias any more
+    for (let i = this.renames.length - 1; i >= 0; i--) {
+      const r = this.renames[i]!;
+      const t = this.tables.find((x) => x.relationId === r.relationId);
+      if (t === undefined || (t.schema === r.schema && t.table === r.table)) this.renames.splice(i, 1);
+    }
   }
 
   /** Every table tracked, or once tracked, on this node. */
@@ -564,8 +614,61 @@ class SourceCatalog implements Catalog {
     return this.tables.filter((t) => t.untrackedLsn === null);
   }
 
-  tracked(schema: string, table: string): TrackedTable | undefined {
-    return this.tables.find((t) => t.schema === schema && t.table === table);
+  /**
+   * The latest incarnation tracked before `commitLsn` known by this name:
+   * its name, or one it was renamed to in a transaction not yet stored (at
+   * or after the rename's commit).  Several incarnations can share a name:
+   * a dropped table's and a later one's, or a renamed one's (until the
+   * rename is stored) and the one tracked under its old name since.
+   */
+  tracked(schema: string, table: string, commitLsn: Lsn): TrackedTable | undefined {
+    let best: TrackedTable | undefined;
+    for (const t of this.tables) {
+      const named = (t.schema === schema && t.table === table) ||
+        this.renames.some((r) => r.relationId === t.relationId && r.schema === schema && r.table === table && r.fromLsn <= commitLsn);
+      if (named && t.trackedFromLsn < commitLsn && (best === undefined || t.trackedFromLsn > best.trackedFromLsn)) best = t;
+    }
+    return best;
+  }
+
+  /** The names the stream may give recording tables: theirs, and those they took in transactions not yet stored. */
+  streamedNames(): Array<{ schema: string; table: string; relid: number | null }> {
+    const names = this.recording().map((t) => ({ schema: t.schema, table: t.table, relid: t.relid }));
+    for (const r of this.renames) {
+      const t = this.tables.find((x) => x.relationId === r.relationId);
+      if (t !== undefined && t.untrackedLsn === null) names.push({ schema: r.schema, table: r.table, relid: t.relid });
+    }
+    return names;
+  }
+
+  /** What DDL log rows mean for the live incarnations: renames (of a table now named otherwise) and drops. */
+  identityChanges(events: DdlEvent[], commitLsn: Lsn): IdentityChange[] {
+    const changes: IdentityChange[] = [];
+    for (const e of events) {
+      const t = this.tables.find((x) => x.relid === e.relid && x.untrackedLsn === null && x.trackedFromLsn < commitLsn);
+      if (t === undefined) continue;
+      if (e.event === 'dropped') {
+        changes.push({ kind: 'dropped', relationId: t.relationId, schema: t.schema, table: t.table, oldSchema: t.schema, oldTable: t.table });
+      } else if (e.schema !== t.schema || e.table !== t.table) {
+        changes.push({ kind: 'renamed', relationId: t.relationId, schema: e.schema, table: e.table, oldSchema: t.schema, oldTable: t.table });
+      }
+    }
+    return changes;
+  }
+
+  /** Whether the stream was read knowing this rename (renames alias from before the commit). */
+  knowsRename(c: IdentityChange, commitLsn: Lsn): boolean {
+    return this.renames.some((r) => r.relationId === c.relationId && r.schema === c.schema && r.table === c.table && r.fromLsn <= commitLsn);
+  }
+
+  /** Renames and drops, as the store will have them once the transaction ending at endLsn is stored. */
+  apply(changes: IdentityChange[], endLsn: Lsn): void {
+    for (const c of changes) {
+      const i = this.tables.findIndex((x) => x.relationId === c.relationId);
+      if (i < 0) continue;
+      const t = this.tables[i]!;
+      this.tables[i] = c.kind === 'renamed' ? { ...t, schema: c.schema, table: c.table } : { ...t, untrackedLsn: endLsn };
+    }
   }
 
   baseType(typeOid: number): number {
@@ -591,18 +694,18 @@ class SourceCatalog implements Catalog {
     for (const oid of unknown) if (!this.baseTypes.has(oid)) this.baseTypes.set(oid, oid);
   }
 
-  /** A table's columns now, for wal2json (which sends no relation messages). */
-  async columns(schema: string, table: string): Promise<CatalogColumn[]> {
+  /** A table's columns now, for wal2json (which sends no relation messages): by OID, whatever it is named now. */
+  async columns(t: { schema: string; table: string; relid: number | null }): Promise<CatalogColumn[]> {
     const res = await this.source.query<{ name: string; type_oid: number; attnum: number; is_key: boolean }>(
       `SELECT a.attname AS name, a.atttypid::int AS type_oid, a.attnum::int AS attnum,
               coalesce(a.attnum = ANY(i.indkey), false) AS is_key
          FROM pg_catalog.pg_attribute a
          LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
-        WHERE a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                             WHERE n.nspname = $1 AND c.relname = $2)
+        WHERE a.attrelid = coalesce($3::oid, (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                              WHERE n.nspname = $1 AND c.relname = $2))
           AND a.attnum > 0 AND NOT a.attisdropped
         ORDER BY a.attnum`,
-      [schema, table],
+      [t.schema, t.table, t.relid],
     );
     await this.learnTypes(res.rows.map((r) => r.type_oid));
     return res.rows.map((r) => ({ name: r.name, typeOid: r.type_oid, attnum: r.attnum, isKey: r.is_key }));
@@ -696,19 +799,21 @@ class HealthCheck {
       }
     }
     if (tables.length > 0) {
+      // by OID: a renamed table is the same table (the agent follows it)
       const res = await this.source.query<{ schema: string; table: string; exists: boolean; has_pk: boolean }>(
         `SELECT t.schema, t.table, c.oid IS NOT NULL AS exists,
                 EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk
-           FROM jsonb_to_recordset($1::jsonb) AS t(schema text, "table" text)
-           LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema
-           LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t."table"`,
-        [JSON.stringify(tables.map((t) => ({ schema: t.schema, table: t.table })))],
+           FROM jsonb_to_recordset($1::jsonb) AS t(schema text, "table" text, relid oid)
+           LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema AND t.relid IS NULL
+           LEFT JOIN pg_catalog.pg_class c
+             ON CASE WHEN t.relid IS NULL THEN c.relnamespace = n.oid AND c.relname = t."table" ELSE c.oid = t.relid END`,
+        [JSON.stringify(tables.map((t) => ({ schema: t.schema, table: t.table, relid: t.relid })))],
       );
       for (const t of res.rows) {
         const name = `${t.schema}.${t.table}`;
         if (!t.exists) {
           found.set(`gone:${name}`, { severity: 'warning', kind: 'tracked_table_missing',
-            message: `tracked table ${name} no longer exists in the source (dropped or renamed); its history stays in the store` });
+            message: `tracked table ${name} no longer exists in the source (dropped); its history stays in the store` });
         } else if (!t.has_pk) {
           found.set(`nopk:${name}`, { severity: 'error', kind: 'tracked_table_without_pk',
             message: `tracked table ${name} has no primary key any more; its changes cannot be keyed` });

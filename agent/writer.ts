@@ -119,14 +119,17 @@ export class StoreWriter {
   /** Every table tracked (or once tracked) on this node. */
   async trackedTables(): Promise<TrackedTable[]> {
     const res = await this.store.query<{
-      schema_name: string; table_name: string; pk_columns: string[];
+      relation_id: number; relid: number | null; schema_name: string; table_name: string; pk_columns: string[];
       tracked_from_lsn: string; untracked_lsn: string | null;
     }>(
-      `SELECT schema_name, table_name, pk_columns, tracked_from_lsn::text, untracked_lsn::text
+      `SELECT relation_id, relid::bigint::float8 AS relid, schema_name, table_name, pk_columns,
+              tracked_from_lsn::text, untracked_lsn::text
          FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`,
       [this.nodeId],
     );
     return res.rows.map((r) => ({
+      relationId: r.relation_id,
+      relid: r.relid,
       schema: r.schema_name,
       table: r.table_name,
       pkColumns: r.pk_columns,
@@ -155,13 +158,15 @@ export class StoreWriter {
       for (const txn of transactions) {
         if (txn.spilled) {
           await this.applySpilled(txn, relations);
+          await this.applyIdentity(txn);
           continue;
         }
         group.push(txn);
         groupVersions += txn.versions.length;
         // a TRUNCATE closes what is open at its commit: what comes before it must be written
-        if (txn.truncated.length > 0 || groupVersions >= MAX_GROUP_VERSIONS) {
+        if (txn.truncated.length > 0 || groupVersions >= MAX_GROUP_VERSIONS || (txn.identity?.length ?? 0) > 0) {
           await this.applyGroup(group, relations);
+          await this.applyIdentity(txn);
           group = [];
           groupVersions = 0;
         }
@@ -205,6 +210,8 @@ export class StoreWriter {
       this.spillOpen = true;
       await this.run(() => this.store.query(
         `CREATE TEMPORARY TABLE pgtimewarp_spill (
+           relation_id integer NOT NULL,
+           -- for messages
            schema_name text NOT NULL,
            table_name text NOT NULL,
            pk text[] COLLATE "C" NOT NULL,
@@ -217,10 +224,10 @@ export class StoreWriter {
            carry_from_pk text[] COLLATE "C",
            first_removal text,
            prior_live boolean NOT NULL DEFAULT false,
-           PRIMARY KEY (schema_name, table_name, pk_index)
+           PRIMARY KEY (relation_id, pk_index)
          ) ON COMMIT DROP`));
     }
-    await this.run(() => (op.kind === 'merge' ? this.mergeSpilled(op.keys) : this.truncateSpilled(op.schema, op.table)));
+    await this.run(() => (op.kind === 'merge' ? this.mergeSpilled(op.keys) : this.truncateSpilled(op.relationId)));
   }
 
   /** Drop a spilled transaction's pieces (it turned out to be stored already). */
@@ -268,14 +275,14 @@ export class StoreWriter {
     const res = await this.store.query<{ orphans: string }>(
       `WITH s AS (
          SELECT * FROM jsonb_to_recordset($1::jsonb) AS s(
-           schema text, "table" text, pk text[], "bornHere" boolean, "afterTruncate" boolean,
+           "relationId" integer, schema text, "table" text, pk text[], "bornHere" boolean, "afterTruncate" boolean,
            "rowData" jsonb, "toastColumns" text[], "carryFromPk" text[], "firstRemoval" text)
        ), r AS (
          SELECT s.*, e.pk IS NOT NULL AS found, e.row_data AS e_row, e.toast AS e_toast,
                 coalesce(e.carry_from_pk, e.pk) AS e_carry
            FROM s LEFT JOIN ${SPILL} e
-             ON cardinality(s."toastColumns") > 0 AND e.schema_name = s.schema
-            AND e.table_name = s."table" AND e.pk_index = pgtimewarp_store.index_key(coalesce(s."carryFromPk", s.pk))
+             ON cardinality(s."toastColumns") > 0 AND e.relation_id = s."relationId"
+            AND e.pk_index = pgtimewarp_store.index_key(coalesce(s."carryFromPk", s.pk))
        ), resolved AS (
          SELECT r.*,
                 CASE WHEN found THEN ARRAY(SELECT c FROM unnest(r."toastColumns") c WHERE c = ANY (r.e_toast))
@@ -283,8 +290,8 @@ export class StoreWriter {
            FROM r
        ), merged AS (
          INSERT INTO ${SPILL} AS t
-                (schema_name, table_name, pk, pk_index, born_here, after_truncate, row_data, toast, carry_from_pk, first_removal)
-         SELECT schema, "table", pk, pgtimewarp_store.index_key(pk), "bornHere", "afterTruncate",
+                (relation_id, schema_name, table_name, pk, pk_index, born_here, after_truncate, row_data, toast, carry_from_pk, first_removal)
+         SELECT "relationId", schema, "table", pk, pgtimewarp_store.index_key(pk), "bornHere", "afterTruncate",
                 CASE WHEN found
                      THEN "rowData" || coalesce((SELECT jsonb_object_agg(c, e_row -> c) FROM unnest("toastColumns") c
                                                   WHERE e_row ? c), '{}')
@@ -293,7 +300,7 @@ export class StoreWriter {
                 CASE WHEN cardinality(left_toast) = 0 THEN NULL WHEN found THEN e_carry ELSE "carryFromPk" END,
                 "firstRemoval"
            FROM resolved
-         ON CONFLICT (schema_name, table_name, pk_index) DO UPDATE
+         ON CONFLICT (relation_id, pk_index) DO UPDATE
             SET row_data = EXCLUDED.row_data, toast = EXCLUDED.toast, carry_from_pk = EXCLUDED.carry_from_pk,
                 first_removal = coalesce(t.first_removal, EXCLUDED.first_removal)
          RETURNING 1)
@@ -308,12 +315,12 @@ export class StoreWriter {
   }
 
   /** A TRUNCATE in a spilled transaction: the rows of earlier pieces are gone. */
-  private async truncateSpilled(schema: string, table: string): Promise<void> {
+  private async truncateSpilled(relationId: number): Promise<void> {
     await this.store.query(
       `UPDATE ${SPILL}
           SET row_data = NULL, toast = '{}', carry_from_pk = NULL, first_removal = coalesce(first_removal, 'truncate')
-        WHERE schema_name = $1 AND table_name = $2 AND row_data IS NOT NULL`,
-      [schema, table],
+        WHERE relation_id = $1 AND row_data IS NOT NULL`,
+      [relationId],
     );
   }
 
@@ -330,6 +337,43 @@ export class StoreWriter {
     );
   }
 
+  /**
+   * A transaction's renames and drops of tracked tables (agent/ddl.ts): the
+   * incarnation's name from its commit on, or its end.  Versions carry the
+   * relation id, so names matter only to people and to lookups by name.
+   */
+  private async applyIdentity(txn: AssembledTransaction): Promise<void> {
+    const commit = commitPoint(txn);
+    for (const c of txn.identity ?? []) {
+      await this.recordHealth('info', c.kind === 'renamed' ? 'tracked_table_renamed' : 'tracked_table_dropped',
+        c.kind === 'renamed'
+          ? `tracked table ${c.oldSchema}.${c.oldTable} was renamed to ${c.schema}.${c.table} at ${commit.lsn}; its history continues under the new name`
+          : `tracked table ${c.schema}.${c.table} was dropped at ${commit.lsn}; its history up to then stays in the store`,
+        { relationId: c.relationId, lsn: commit.lsn });
+      if (c.kind === 'renamed') {
+        await this.store.query(
+          `UPDATE pgtimewarp_store.tracked_relations SET schema_name = $2, table_name = $3 WHERE relation_id = $1`,
+          [c.relationId, c.schema, c.table],
+        );
+        await this.store.query(
+          `INSERT INTO pgtimewarp_store.relation_renames (relation_id, lsn, schema_name, table_name)
+           SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM pgtimewarp_store.tracked_relations WHERE relation_id = $1)
+           ON CONFLICT (relation_id, lsn) DO UPDATE SET schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name`,
+          [c.relationId, commit.lsn, c.schema, c.table],
+        );
+      } else {
+        // history is complete up to the drop: as if untracked there
+        await this.store.query(
+          `UPDATE pgtimewarp_store.tracked_relations
+              SET dropped_lsn = $2, dropped_ts = $3,
+                  untracked_lsn = coalesce(untracked_lsn, $2), untracked_ts = coalesce(untracked_ts, $3)
+            WHERE relation_id = $1`,
+          [c.relationId, commit.lsn, commit.ts],
+        );
+      }
+    }
+  }
+
   /** A spilled transaction: its versions from the merged pieces, then as any other. */
   private async applySpilled(txn: AssembledTransaction, relations: RelationIds): Promise<void> {
     const commit = commitPoint(txn);
@@ -340,16 +384,16 @@ export class StoreWriter {
 
   /**
    * The tracked incarnations of this node, read in the store transaction
-   * that writes the versions: a table tracked again after pgtimewarp_forget
-   * has a new id, and the old one is never reused.
+   * that writes the versions: versions of one whose history was deleted
+   * (pgtimewarp_forget) before they were stored are not written; relation
+   * ids are never reused.
    */
   private async relationIds(): Promise<RelationIds> {
-    const res = await this.store.query<{ relation_id: number; schema_name: string; table_name: string; from: string }>(
-      `SELECT relation_id, schema_name, table_name, tracked_from_lsn::text AS from
-         FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`,
+    const res = await this.store.query<{ relation_id: number }>(
+      `SELECT relation_id FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`,
       [this.nodeId],
     );
-    return new RelationIds(res.rows.map((r) => ({ id: r.relation_id, schema: r.schema_name, table: r.table_name, from: lsnFromText(r.from) })));
+    return new Set(res.rows.map((r) => r.relation_id));
   }
 
   /**
@@ -363,14 +407,13 @@ export class StoreWriter {
     // values come from, and keys written after a TRUNCATE in their
     // transaction (insert or update, by whether a live version came before).
     const wanted = new Map<string, ProbedKey>();
-    group.forEach((txn, i) => {
-      const lsn = commits[i]!.lsn;
+    group.forEach((txn) => {
       for (const v of txn.versions) {
         if (v.rowData !== null && v.carryColumns.length > 0) {
           const from = v.carryFromPk ?? v.pk;
-          wanted.set(versionKey(v.schema, v.table, from), { schema: v.schema, table: v.table, pk: from, lsn });
+          wanted.set(versionKey(v.relationId, from), { relationId: v.relationId, pk: from });
         }
-        if (v.opFromStore) wanted.set(versionKey(v.schema, v.table, v.pk), { schema: v.schema, table: v.table, pk: v.pk, lsn });
+        if (v.opFromStore) wanted.set(versionKey(v.relationId, v.pk), { relationId: v.relationId, pk: v.pk });
       }
     });
     /** Each key's latest version's row data (null: a tombstone), from the store, then from this group as it is written. */
@@ -380,16 +423,15 @@ export class StoreWriter {
       const commit = commits[i]!;
       // every lookup in a transaction sees the keys as they were before it
       const made = txn.versions.flatMap((v) => {
-        const relationId = relations.at(v.schema, v.table, commit.lsn);
-        // no tracked incarnation by that name any more: its history was
-        // deleted (pgtimewarp_forget) before the agent stored this version
-        if (relationId === undefined) return [];
+        const relationId = v.relationId;
+        // its history was deleted (pgtimewarp_forget) before the agent stored this version
+        if (!relations.has(relationId)) return [];
         const op = v.opFromStore ? (livePrevious(v, latest) ? 'update' : 'insert') : v.op;
         return [{ v, row: { r: relationId, k: v.pk, l: commit.lsn, t: commit.ts, o: OP_CODES[op], d: withCarried(v, latest) } satisfies VersionRow }];
       });
       for (const { v, row } of made) {
         rows.push(row);
-        latest.set(versionKey(v.schema, v.table, v.pk), { rowData: row.d });
+        latest.set(versionKey(v.relationId, v.pk), { rowData: row.d });
       }
     });
     if (rows.length > 0) await this.copyVersions(rows);
@@ -419,9 +461,8 @@ export class StoreWriter {
    * (the store keeps no index of live rows); TRUNCATE is rare.
    */
   private async endTruncated(txn: AssembledTransaction, commit: CommitPoint, relations: RelationIds): Promise<void> {
-    for (const { schema, table } of txn.truncated) {
-      const relationId = relations.at(schema, table, commit.lsn);
-      if (relationId === undefined) continue; // its history was deleted
+    for (const { relationId } of txn.truncated) {
+      if (!relations.has(relationId)) continue; // its history was deleted
       await this.store.query(
         `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
          SELECT $1, l.pk, l.pk_full, $2, $3, 't', NULL
@@ -458,9 +499,9 @@ export class StoreWriter {
     // values not sent: from the latest version of the key they come from
     await this.store.query(
       `WITH prev AS (
-         SELECT p.schema_name, p.table_name, p.pk_index, v.row_data
+         SELECT p.relation_id, p.pk_index, v.row_data
            FROM ${SPILL} p
-           ${SPILL_RELATION}
+           JOIN pgtimewarp_store.tracked_relations r ON r.relation_id = p.relation_id
           CROSS JOIN LATERAL (
                 SELECT w.row_data FROM pgtimewarp_store.row_versions w
                  WHERE w.relation_id = r.relation_id
@@ -472,8 +513,7 @@ export class StoreWriter {
                                                   WHERE prev.row_data ? c), '{}'),
               toast = '{}'
          FROM prev
-        WHERE p.schema_name = prev.schema_name AND p.table_name = prev.table_name AND p.pk_index = prev.pk_index`,
-      [this.nodeId, commitLsn],
+        WHERE p.relation_id = prev.relation_id AND p.pk_index = prev.pk_index`,
     );
     const uncarried = await this.store.query<{ schema_name: string; table_name: string; pk: string[]; toast: string[]; carry: string[] }>(
       `SELECT schema_name, table_name, pk, toast, coalesce(carry_from_pk, pk) AS carry
@@ -490,31 +530,31 @@ export class StoreWriter {
     // before; whether a row was there before tells insert from update
     await this.store.query(
       `WITH prior AS (
-         SELECT p.schema_name, p.table_name, p.pk_index, v.row_data IS NOT NULL AS live
+         SELECT p.relation_id, p.pk_index, v.row_data IS NOT NULL AS live
            FROM ${SPILL} p
-           ${SPILL_RELATION}
+           JOIN pgtimewarp_store.tracked_relations r ON r.relation_id = p.relation_id
           CROSS JOIN LATERAL (
                 SELECT w.row_data FROM pgtimewarp_store.row_versions w
-                 WHERE w.relation_id = r.relation_id AND w.pk = p.pk_index AND w.valid_from_lsn < $2
+                 WHERE w.relation_id = r.relation_id AND w.pk = p.pk_index AND w.valid_from_lsn < $1
                  ORDER BY w.valid_from_lsn DESC LIMIT 1) AS v
           WHERE p.row_data IS NOT NULL OR NOT (p.born_here OR p.after_truncate))
        UPDATE ${SPILL} p SET prior_live = prior.live
          FROM prior
-        WHERE p.schema_name = prior.schema_name AND p.table_name = prior.table_name AND p.pk_index = prior.pk_index`,
-      [this.nodeId, commitLsn],
+        WHERE p.relation_id = prior.relation_id AND p.pk_index = prior.pk_index`,
+      [commitLsn],
     );
     const inserted = await this.store.query(
       `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
-       SELECT r.relation_id, p.pk_index, CASE WHEN p.pk_index[1] IS NULL THEN p.pk END, $2, $3,
+       SELECT r.relation_id, p.pk_index, CASE WHEN p.pk_index[1] IS NULL THEN p.pk END, $1, $2,
               CASE WHEN p.row_data IS NULL THEN CASE p.first_removal WHEN 'truncate' THEN 't' ELSE 'd' END
                    WHEN p.born_here THEN 'i'
                    WHEN p.after_truncate AND NOT p.prior_live THEN 'i'
                    ELSE 'u' END::"char",
               p.row_data
          FROM ${SPILL} p
-         ${SPILL_RELATION}
+         JOIN pgtimewarp_store.tracked_relations r ON r.relation_id = p.relation_id
         WHERE p.row_data IS NOT NULL OR NOT (p.born_here OR p.after_truncate)`,
-      [this.nodeId, commitLsn, commitTime],
+      [commitLsn, commitTime],
     );
     this.spilledVersions = inserted.rowCount ?? 0;
   }
@@ -525,10 +565,7 @@ export class StoreWriter {
    * the primary key index.
    */
   private async latestVersions(keys: ProbedKey[], relations: RelationIds): Promise<Map<string, Latest>> {
-    const probes = keys.flatMap((k, i) => {
-      const r = relations.at(k.schema, k.table, k.lsn);
-      return r === undefined ? [] : [{ i, r, k: indexKey(k.pk) }];
-    });
+    const probes = keys.flatMap((k, i) => (relations.has(k.relationId) ? [{ i, r: k.relationId, k: indexKey(k.pk) }] : []));
     const res = await this.store.query<{ i: number; row_data: Record<string, string | null> | null }>(
       `SELECT p.i, v.row_data
          FROM jsonb_to_recordset($1::jsonb) AS p(i integer, r integer, k text[])
@@ -540,7 +577,7 @@ export class StoreWriter {
     );
     return new Map(res.rows.map((r) => {
       const k = keys[r.i]!;
-      return [versionKey(k.schema, k.table, k.pk), { rowData: r.row_data }];
+      return [versionKey(k.relationId, k.pk), { rowData: r.row_data }];
     }));
   }
 }
@@ -614,68 +651,25 @@ function* copyChunks(rows: VersionRow[]): Generator<string> {
   if (chunk.length > 0) yield chunk;
 }
 
-/**
- * The incarnation a spilled transaction's key state belongs to, as
- * RelationIds.at() picks it: $1 the node, $2 the commit LSN.
- */
-const SPILL_RELATION = `CROSS JOIN LATERAL (
-                SELECT r.relation_id FROM pgtimewarp_store.tracked_relations r
-                 WHERE r.node_id = $1 AND r.schema_name = p.schema_name AND r.table_name = p.table_name
-                   AND r.tracked_from_lsn < $2::pg_lsn
-                 ORDER BY r.tracked_from_lsn DESC LIMIT 1) AS r`;
-
-/** A key whose latest stored version a write needs, and the commit it is needed for. */
+/** A key whose latest stored version a write needs. */
 interface ProbedKey {
-  schema: string;
-  table: string;
+  relationId: number;
   pk: string[];
-  lsn: string;
 }
 
-/**
- * The tracked incarnations by name.  A name can have several: a dropped
- * table's and a new one's, or, until the agent has caught up with a rename,
- * a renamed table's (still under its old name here) and the one tracked
- * under that name since.  A change belongs to the latest incarnation of its
- * name tracked before the change's commit.
- */
-class RelationIds {
-  private readonly byName = new Map<string, Array<{ id: number; from: Lsn }>>();
-
-  constructor(incarnations: Array<{ id: number; schema: string; table: string; from: Lsn }>) {
-    for (const r of incarnations) {
-      const key = tableKey(r.schema, r.table);
-      const list = this.byName.get(key) ?? [];
-      list.push({ id: r.id, from: r.from });
-      this.byName.set(key, list);
-    }
-  }
-
-  /** The relation id recording schema.table at commit `lsn`, if any. */
-  at(schema: string, table: string, lsn: string): number | undefined {
-    const commit = lsnFromText(lsn);
-    let best: { id: number; from: Lsn } | undefined;
-    for (const r of this.byName.get(tableKey(schema, table)) ?? []) {
-      if (r.from < commit && (best === undefined || r.from > best.from)) best = r;
-    }
-    return best?.id;
-  }
-}
-
-function tableKey(schema: string, table: string): string {
-  return JSON.stringify([schema, table]);
-}
+/** The relation ids of the incarnations the store has (not forgotten). */
+type RelationIds = Set<number>;
 
 /** Versions per group insert: bounds the statement's JSON (a held transaction alone can be 5,000 keys). */
 const MAX_GROUP_VERSIONS = 10_000;
 
-function versionKey(schema: string, table: string, pk: string[]): string {
-  return JSON.stringify([schema, table, pk]);
+function versionKey(relationId: number, pk: string[]): string {
+  return JSON.stringify([relationId, pk]);
 }
 
 /** Whether the version this one follows held a row (not a delete or truncate tombstone). */
 function livePrevious(v: VersionWrite, previous: Map<string, Latest>): boolean {
-  const prior = previous.get(versionKey(v.schema, v.table, v.pk));
+  const prior = previous.get(versionKey(v.relationId, v.pk));
   return prior !== undefined && prior.rowData !== null;
 }
 
@@ -683,7 +677,7 @@ function livePrevious(v: VersionWrite, previous: Map<string, Latest>): boolean {
 function withCarried(v: VersionWrite, previous: Map<string, Latest>): Record<string, string | null> | null {
   if (v.rowData === null || v.carryColumns.length === 0) return v.rowData;
   const from = v.carryFromPk ?? v.pk;
-  const prior = previous.get(versionKey(v.schema, v.table, from))?.rowData;
+  const prior = previous.get(versionKey(v.relationId, from))?.rowData;
   const filled = { ...v.rowData };
   if (prior === undefined || prior === null) {
     throw new StoreWriteError(

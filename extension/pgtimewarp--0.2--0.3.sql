@@ -123,19 +123,38 @@ CREATE EVENT TRIGGER pgtimewarp_table_dropped ON sql_drop
 -- What the agent reads of the log: the rows of one message, written by the
 -- transaction `xid` (its 32-bit xid, as the stream gives it).  SECURITY
 -- DEFINER: the agent's role needs no privilege in schema pgtimewarp; the
--- rows hold table names and OIDs, which pg_class shows everybody.
+-- rows hold table names and OIDs, which pg_class shows everybody.  The
+-- walsender can send a transaction a moment before its commit is visible to
+-- other sessions: while it is still in progress, wait (its commit record is
+-- written, so not for long); a forged message's transaction has committed.
 CREATE FUNCTION pgtimewarp_ddl_events(first_id bigint, last_id bigint, xid bigint)
 RETURNS TABLE (id bigint, relid oid, event text, schema_name text, table_name text)
-LANGUAGE sql
-STABLE
+LANGUAGE plpgsql
+VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    next numeric := pg_snapshot_xmax(pg_current_snapshot())::text::numeric;
+    full_xid numeric := next - (next % 4294967296) + pgtimewarp_ddl_events.xid;
+BEGIN
+    IF full_xid >= next THEN
+        full_xid := full_xid - 4294967296;  -- from the epoch before
+    END IF;
+    IF full_xid < 3 THEN
+        RETURN;
+    END IF;
+    FOR i IN 1..1000 LOOP
+        EXIT WHEN pg_xact_status(full_xid::text::xid8) IS DISTINCT FROM 'in progress';
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+    RETURN QUERY
     SELECT l.id, l.relid, l.event, l.schema_name, l.table_name
       FROM pgtimewarp.ddl_log l
      WHERE l.id BETWEEN first_id AND last_id
-       AND (l.xid::text::numeric % 4294967296) = pgtimewarp_ddl_events.xid
-     ORDER BY l.id
+       AND l.xid = full_xid::text::xid8
+     ORDER BY l.id;
+END;
 $$;
 COMMENT ON FUNCTION pgtimewarp_ddl_events(bigint, bigint, bigint) IS
     'the DDL log rows a "pgtimewarp" ddl message names, if transaction xid wrote them: what the agent believes';

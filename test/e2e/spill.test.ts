@@ -28,7 +28,8 @@ import { useCluster } from '../support/use-cluster.js';
 const cluster = useCluster();
 let timewarp: Timewarp;
 let store: pg.Client;
-let tracked: TrackedTable[];
+/** Each node's tracked incarnations: the same table, under each node's own relation id. */
+const tracked = new Map<string, TrackedTable[]>();
 let trackedFrom: Lsn;
 
 const INITIAL_KEYS = 6;
@@ -60,7 +61,7 @@ beforeAll(async () => {
                          JOIN pgtimewarp_store.tracked_relations h
                            ON h.node_id = $2 AND h.schema_name = o.schema_name AND h.table_name = o.table_name`, [HELD, node]);
   }
-  tracked = await new StoreWriter(store, HELD, 'pgtimewarp').trackedTables();
+  for (const node of [HELD, SPILLED, BATCHED]) tracked.set(node, await new StoreWriter(store, node, 'pgtimewarp').trackedTables());
 });
 
 afterAll(async () => {
@@ -128,11 +129,13 @@ describe('a spilled transaction, and a batch of transactions', () => {
   it('write exactly the versions held ones applied one at a time write', { timeout: 120_000 }, async () => {
     onTestFailed(() => console.error(`spill and batch differential: replay with PGTIMEWARP_SEED=${seed}`));
     const r = new Random(seed);
-    const catalog: Catalog = {
-      tracked: (schema, table) => tracked.find((t) => t.schema === schema && t.table === table),
+    const catalog = (node: string): Catalog => ({
+      tracked: (schema, table) => tracked.get(node)!.find((t) => t.schema === schema && t.table === table),
       baseType: (oid) => oid,
-    };
-    const held = { assembler: new TransactionAssembler(catalog), writer: new StoreWriter(store, HELD, 'pgtimewarp') };
+    });
+    const held = { assembler: new TransactionAssembler(catalog(HELD)), writer: new StoreWriter(store, HELD, 'pgtimewarp') };
+    // the same transactions for the batched writer, under its node's relation id
+    const batchedAssembler = new TransactionAssembler(catalog(BATCHED));
     const spilledWriter = new StoreWriter(store, SPILLED, 'pgtimewarp');
     const batchedWriter = new StoreWriter(store, BATCHED, 'pgtimewarp');
     let batch: AssembledTransaction[] = [];
@@ -156,7 +159,9 @@ describe('a spilled transaction, and a batch of transactions', () => {
       const heldTxn = held.assembler.push(commit)!;
       expect(heldTxn.spilled).toBe(false);
       await held.writer.apply([heldTxn]);
-      batch.push(heldTxn);
+      batchedAssembler.push(begin);
+      for (const change of changes) batchedAssembler.push(change);
+      batch.push(batchedAssembler.push(commit)!);
       if (batch.length >= batchSize) {
         await batchedWriter.apply(batch);
         batches++;
@@ -165,7 +170,7 @@ describe('a spilled transaction, and a batch of transactions', () => {
       }
 
       // spilled: a fresh assembler per transaction, so each gets its own small limit
-      const spiller = new TransactionAssembler(catalog, { spillKeys: r.int(1, 3) });
+      const spiller = new TransactionAssembler(catalog(SPILLED), { spillKeys: r.int(1, 3) });
       for (const message of [begin, ...changes, commit]) {
         const txn = spiller.push(message);
         for (const op of spiller.takeSpill()) await spilledWriter.spill(op);
@@ -211,7 +216,7 @@ describe('a spilled transaction, and a batch of transactions', () => {
   it('leaves nothing behind when abandoned', async () => {
     const writer = new StoreWriter(store, SPILLED, 'pgtimewarp');
     const before = await store.query(`SELECT count(*) FROM pgtimewarp_store.row_versions`);
-    await writer.spill({ kind: 'merge', keys: [{ schema: 'public', table: 'docs', pk: ['1'], bornHere: false, afterTruncate: false,
+    await writer.spill({ kind: 'merge', keys: [{ relationId: 1, schema: 'public', table: 'docs', pk: ['1'], bornHere: false, afterTruncate: false,
       rowData: { id: '1', title: 'x', body: null }, toastColumns: [], carryFromPk: null, firstRemoval: null }] });
     expect(writer.spilling).toBe(true);
     await writer.abandonSpill();

@@ -39,8 +39,8 @@ function catalog(tables: TrackedTable[]): Catalog {
 }
 
 const tracked: TrackedTable[] = [
-  { schema: 'public', table: 'accounts', pkColumns: ['id'], trackedFromLsn: 100n, untrackedLsn: null },
-  { schema: 'public', table: 'prices', pkColumns: ['p'], trackedFromLsn: 100n, untrackedLsn: null },
+  { relationId: 1, relid: 16384, schema: 'public', table: 'accounts', pkColumns: ['id'], trackedFromLsn: 100n, untrackedLsn: null },
+  { relationId: 2, relid: 16390, schema: 'public', table: 'prices', pkColumns: ['p'], trackedFromLsn: 100n, untrackedLsn: null },
 ];
 
 function row(values: Record<string, ColumnValue>): Map<string, ColumnValue> {
@@ -73,7 +73,7 @@ describe('TransactionAssembler', () => {
     const t = transaction([update('1', 'a'), update('1', 'b'), update('1', 'c')]);
     expect(t).toMatchObject({ commitLsn: 1000n, endLsn: 1048n, commitTime: when, commitTimeMicros: whenMicros, truncated: [], tracking: [] });
     expect(t.versions).toEqual([
-      { schema: 'public', table: 'accounts', pk: ['1'], op: 'update', rowData: { id: '1', note: 'c', big: 'b' }, carryColumns: [], carryFromPk: null, opFromStore: false },
+      { relationId: 1, schema: 'public', table: 'accounts', pk: ['1'], op: 'update', rowData: { id: '1', note: 'c', big: 'b' }, carryColumns: [], carryFromPk: null, opFromStore: false },
     ]);
   });
 
@@ -93,8 +93,8 @@ describe('TransactionAssembler', () => {
   it('closes the old key and opens the new one on a primary-key change', () => {
     const t = transaction([update('20', 'moved', 'b', '2')]);
     expect(t.versions).toEqual([
-      { schema: 'public', table: 'accounts', pk: ['2'], op: 'delete', rowData: null, carryColumns: [], carryFromPk: null, opFromStore: false },
-      { schema: 'public', table: 'accounts', pk: ['20'], op: 'insert', rowData: { id: '20', note: 'moved', big: 'b' }, carryColumns: [], carryFromPk: null, opFromStore: false },
+      { relationId: 1, schema: 'public', table: 'accounts', pk: ['2'], op: 'delete', rowData: null, carryColumns: [], carryFromPk: null, opFromStore: false },
+      { relationId: 1, schema: 'public', table: 'accounts', pk: ['20'], op: 'insert', rowData: { id: '20', note: 'moved', big: 'b' }, carryColumns: [], carryFromPk: null, opFromStore: false },
     ]);
   });
 
@@ -125,7 +125,7 @@ describe('TransactionAssembler', () => {
       insert('3', 'fleeting'),
       del('3'),
     ]);
-    expect(t.truncated).toEqual([{ schema: 'public', table: 'accounts' }]);
+    expect(t.truncated).toEqual([{ relationId: 1, schema: 'public', table: 'accounts' }]);
     expect(t.versions.map((v) => [v.pk[0], v.op, v.opFromStore])).toEqual([
       ['1', 'truncate', false],
       // 9 lived only inside the transaction; 3, written after the truncate and

@@ -20,9 +20,9 @@ function dbError(code: string, message = 'refused'): pg.DatabaseError {
 }
 
 const tracked: TrackedTable[] = [
-  { schema: 'public', table: 'items', pkColumns: ['id'], trackedFromLsn: 100n, untrackedLsn: null },
-  { schema: 'public', table: 'old', pkColumns: ['id'], trackedFromLsn: 100n, untrackedLsn: 500n },
-  { schema: 'public', table: 'later', pkColumns: ['id'], trackedFromLsn: 2000n, untrackedLsn: null },
+  { relationId: 1, relid: 16384, schema: 'public', table: 'items', pkColumns: ['id'], trackedFromLsn: 100n, untrackedLsn: null },
+  { relationId: 2, relid: 16390, schema: 'public', table: 'old', pkColumns: ['id'], trackedFromLsn: 100n, untrackedLsn: 500n },
+  { relationId: 3, relid: 16396, schema: 'public', table: 'later', pkColumns: ['id'], trackedFromLsn: 2000n, untrackedLsn: null },
 ];
 
 function txn(over: Partial<AssembledTransaction>): AssembledTransaction {

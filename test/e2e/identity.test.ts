@@ -1,0 +1,176 @@
+// A tracked table's history belongs to the table, not its name, through the
+// agent on each plugin:
+// - renamed (also inside a transaction that changes it before and after the
+//   rename, moved to another schema, its schema renamed, renamed back), its
+//   history continues with no gap: every key at every recorded LSN reads
+//   back as the table was, under whatever name it has now;
+// - dropped and created again under the same name by another role, the new
+//   table's rows never join the old history (with wal2json, whose filter is
+//   by name, they used to), and the new table can be tracked afresh;
+// - a forged DDL message changes nothing;
+// - another table keeps being recorded meanwhile, and health events say
+//   what happened.
+
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { runAgent, type AgentEvent } from '../../agent/run.js';
+import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
+import { waitFor } from '../support/wait.js';
+import { useCluster } from '../support/use-cluster.js';
+
+const cluster = useCluster({ settings: { wal_sender_timeout: '2s' } });
+
+interface Snapshot {
+  lsn: string;
+  rows: Map<number, string>;
+}
+
+describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %s', (plugin) => {
+  let timewarp: Timewarp;
+  const events: AgentEvent[] = [];
+  const stop = new AbortController();
+  let running: Promise<void>;
+  const history: Snapshot[] = [];
+  /** What the table is named now, for snapshots. */
+  let name = 'public.items';
+
+  async function snapshot(source: pg.Client): Promise<void> {
+    const lsn = await source.query<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`);
+    const rows = await source.query<{ id: number; j: string }>(`SELECT id, to_jsonb(t)::text AS j FROM ${name} t`);
+    history.push({ lsn: lsn.rows[0]!.lsn, rows: new Map(rows.rows.map((r) => [r.id, r.j])) });
+  }
+
+  async function inTransaction(source: pg.Client, statements: string[]): Promise<void> {
+    await source.query('BEGIN');
+    for (const sql of statements) await source.query(sql);
+    await source.query('COMMIT');
+  }
+
+  beforeAll(async () => {
+    timewarp = await setupTimewarp(cluster(), { sourceDb: `src_${plugin}`, storeDb: `store_${plugin}`, nodeId: plugin });
+    const { source } = timewarp;
+    await source.query(`CREATE TABLE items (id int PRIMARY KEY, v int, note text)`);
+    await source.query(`INSERT INTO items SELECT g, g, 'n' || g FROM generate_series(1, 3) g`);
+    await source.query(`CREATE TABLE payroll (id int PRIMARY KEY, salary int)`);
+    await source.query(`INSERT INTO payroll VALUES (1, 9000)`);
+    await source.query(`CREATE TABLE bystander (id int PRIMARY KEY, n int)`);
+    await source.query(`CREATE ROLE intruder_${plugin} LOGIN`);
+    await source.query(`GRANT CREATE ON SCHEMA public TO intruder_${plugin}`);
+    running = runAgent({
+      sourceUrl: timewarp.sourceUrl, storeUrl: timewarp.storeUrl, nodeId: timewarp.nodeId,
+      slot: `agent_${plugin}`, plugin, signal: stop.signal, log: (e) => events.push(e),
+      backoff: { initialMs: 100, maxMs: 1000 },
+    });
+    await waitFor('the agent\'s slot', async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`agent_${plugin}`])).rowCount === 1, 30_000);
+    for (const t of ['items', 'payroll', 'bystander']) await source.query(`SELECT pgtimewarp_track($1)`, [t]);
+    await snapshot(source);
+
+    const bump = (n: number) => source.query(`INSERT INTO bystander VALUES ($1, 0) ON CONFLICT (id) DO UPDATE SET n = bystander.n + 1`, [n]);
+    // changes under the old name and the new one in the transaction that renames
+    await inTransaction(source, [
+      `UPDATE items SET v = 10 WHERE id = 1`,
+      `ALTER TABLE items RENAME TO goods`,
+      `UPDATE goods SET v = 11, note = 'after rename' WHERE id = 1`,
+      `INSERT INTO goods VALUES (4, 4, 'born renamed')`,
+    ]);
+    name = 'public.goods';
+    await snapshot(source);
+    await bump(1);
+    await source.query(`UPDATE goods SET v = 20 WHERE id = 2`);
+    await snapshot(source);
+    await source.query(`CREATE SCHEMA shop`);
+    await source.query(`ALTER TABLE goods SET SCHEMA shop`);
+    name = 'shop.goods';
+    await source.query(`DELETE FROM shop.goods WHERE id = 3`);
+    await snapshot(source);
+    await source.query(`ALTER SCHEMA shop RENAME TO store`);
+    name = 'store.goods';
+    await source.query(`UPDATE store.goods SET note = 'in a renamed schema' WHERE id = 4`);
+    await snapshot(source);
+    await bump(2);
+    await inTransaction(source, [`ALTER TABLE store.goods SET SCHEMA public`, `ALTER TABLE public.goods RENAME TO items`]);
+    name = 'public.items';
+    await source.query(`UPDATE items SET v = 30 WHERE id = 1`);
+    await snapshot(source);
+
+    // a forged DDL message naming the rename's log rows changes nothing
+    await source.query(`SET ROLE intruder_${plugin}`);
+    await source.query(`SELECT pg_logical_emit_message(true, 'pgtimewarp', '{"action": "ddl", "first": 1, "last": 1000}')`);
+    // drop and re-create under the same name, by another role
+    await source.query(`RESET ROLE`);
+    await source.query(`DROP TABLE payroll`);
+    await source.query(`SET ROLE intruder_${plugin}`);
+    await source.query(`CREATE TABLE payroll (id int PRIMARY KEY, salary int)`);
+    await source.query(`INSERT INTO payroll VALUES (1, 1), (2, 2)`);
+    await source.query(`RESET ROLE`);
+    await bump(1000);
+  });
+
+  afterAll(async () => {
+    stop.abort();
+    await running?.catch(() => undefined);
+    await timewarp?.source.end();
+  });
+
+  it('keeps recording a renamed table, and reads every version under its name now', async () => {
+    const { source } = timewarp;
+    await waitFor('the last change to the bystander in the store', async () =>
+      (await source.query(`SELECT pgtimewarp_asof_pk_lsn('bystander', '{"id": 1000}', 'FFFFFFFF/FFFFFFFF') IS NOT NULL AS ok`)
+        .catch(() => ({ rows: [{ ok: false }] }))).rows[0]?.ok === true,
+    60_000);
+    const ids = new Set<number>();
+    for (const s of history) for (const id of s.rows.keys()) ids.add(id);
+    let compared = 0;
+    for (const s of history) {
+      for (const id of ids) {
+        const res = await source.query<{ got: string | null }>(
+          `SELECT pgtimewarp_asof_pk_lsn('items', $1, $2)::text AS got`, [JSON.stringify({ id }), s.lsn],
+        );
+        expect(res.rows[0]?.got ?? null, `id ${id} at ${s.lsn}`).toBe(s.rows.get(id) ?? null);
+        compared++;
+      }
+    }
+    expect(compared).toBe(history.length * 4);
+    const store = await cluster().connect(`store_${plugin}`);
+    try {
+      const names = await store.query<{ schema_name: string; table_name: string }>(
+        `SELECT n.schema_name, n.table_name FROM pgtimewarp_store.relation_renames n
+           JOIN pgtimewarp_store.tracked_relations r USING (relation_id)
+          WHERE r.table_name = 'items' ORDER BY n.lsn`);
+      expect(names.rows.map((r) => `${r.schema_name}.${r.table_name}`)).toEqual([
+        'public.goods', 'shop.goods', 'store.goods', 'public.items',
+      ]);
+      const health = await store.query<{ kind: string; message: string }>(
+        `SELECT kind, message FROM pgtimewarp_store.health_events WHERE node_id = $1 AND kind LIKE 'tracked_table_%' ORDER BY event_id`,
+        [plugin]);
+      expect(health.rows.map((r) => r.kind)).toContain('tracked_table_renamed');
+      expect(health.rows.some((r) => r.kind === 'tracked_table_dropped' && r.message.includes('public.payroll'))).toBe(true);
+    } finally {
+      await store.end();
+    }
+  });
+
+  it('ends a dropped table\'s history at the drop: a table created later under its name neither reads nor extends it', async () => {
+    const { source } = timewarp;
+    const store = await cluster().connect(`store_${plugin}`);
+    try {
+      const old = await store.query<{ relation_id: number; dropped: boolean; versions: string }>(
+        `SELECT r.relation_id, r.dropped_lsn IS NOT NULL AS dropped,
+                (SELECT count(*) FROM pgtimewarp_store.row_versions v WHERE v.relation_id = r.relation_id) AS versions
+           FROM pgtimewarp_store.tracked_relations r WHERE r.node_id = $1 AND r.table_name = 'payroll'`, [plugin]);
+      // the baseline's one row, nothing of the new table's two
+      expect(old.rows).toEqual([{ relation_id: expect.any(Number), dropped: true, versions: '1' }]);
+    } finally {
+      await store.end();
+    }
+    await expect(source.query(`SELECT pgtimewarp_asof_pk('payroll', '{"id": 1}', now())`)).rejects.toThrow(/not tracked/);
+    // the new table is tracked afresh, with a history of its own
+    await source.query(`SELECT pgtimewarp_track('payroll')`);
+    const now = await source.query<{ salary: string }>(`SELECT pgtimewarp_asof_pk('payroll', '{"id": 2}', now()) ->> 'salary' AS salary`);
+    expect(now.rows[0]?.salary).toBe('2');
+    // the forged message was believed by nobody
+    expect(events.filter((e) => e.event === 'unverified_ddl_message')).toHaveLength(1);
+    expect(events.filter((e) => e.level === 'error' || e.event === 'retry')).toEqual([]);
+  });
+});

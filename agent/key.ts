@@ -109,6 +109,10 @@ export const LONG_KEY_BYTES = 512;
  * store's pgtimewarp_store.index_key() compute the same.
  */
 export function indexKey(key: readonly string[]): Array<string | null> {
+  // a UTF-16 code unit is at most 3 UTF-8 bytes: most keys are known short without encoding them
+  let units = 0;
+  for (const e of key) units += e.length;
+  if (units * 3 <= LONG_KEY_BYTES) return [...key];
   const bytes = key.map((e) => Buffer.from(e, 'utf8'));
   if (bytes.reduce((n, b) => n + b.length, 0) <= LONG_KEY_BYTES) return [...key];
   const hash = createHash('sha256');

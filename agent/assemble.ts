@@ -140,8 +140,9 @@ export interface MalformedTrackingMessage {
   reason: string;
 }
 
-/** A table, by name. */
-export interface TableName {
+/** A tracked incarnation a transaction changed, with the name the stream gave it. */
+export interface ChangedTable {
+  relationId: number;
   schema: string;
   table: string;
 }
@@ -214,7 +215,7 @@ export interface AssembledTransaction {
   malformedTracking: MalformedTrackingMessage[];
   malformedTrackingCount: number;
   /** Tracked tables it changed (whatever the versions: a spilled transaction has none here). */
-  tables: TableName[];
+  tables: ChangedTable[];
   /**
    * Why it could not be decoded or assembled (see fail()); then `versions`
    * is empty, and `tables` holds only those changed before the failure.
@@ -288,7 +289,8 @@ export class TransactionAssembler {
     trackingOverflow: boolean;
     malformed: MalformedTrackingMessage[];
     malformedCount: number;
-    tables: Map<string, TableName>;
+    /** By relation id. */
+    tables: Map<number, ChangedTable>;
     failure: Error | null;
   } | null = null;
 
@@ -423,7 +425,7 @@ export class TransactionAssembler {
     const tracked = this.catalog.tracked(relation.schema, relation.table, open.finalLsn);
     if (tracked === undefined) return undefined;
     if (!recordingAt(tracked, open.finalLsn)) return undefined;
-    open.tables.set(tableId(relation.schema, relation.table), { schema: relation.schema, table: relation.table });
+    open.tables.set(tracked.relationId, { relationId: tracked.relationId, schema: relation.schema, table: relation.table });
     return tracked;
   }
 
@@ -626,10 +628,6 @@ function mergeRow(newRow: RowImage, earlier: Map<string, ColumnValue> | null): M
     merged.set(name, value === UNCHANGED_TOAST && before !== undefined ? before : value);
   }
   return merged;
-}
-
-function tableId(schema: string, table: string): string {
-  return JSON.stringify([schema, table]);
 }
 
 /** A key of an incarnation: the same row whatever name the stream gave its table. */

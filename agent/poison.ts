@@ -31,7 +31,7 @@
 
 import type pg from 'pg';
 
-import { recordingAt, type AssembledTransaction, type TableName, type TrackedTable, type TrackingEvent } from './assemble.js';
+import { recordingAt, type AssembledTransaction, type ChangedTable, type TrackedTable, type TrackingEvent } from './assemble.js';
 import { lsnFromText, lsnToText, type Lsn } from './decode.js';
 import { unixMicrosToIso } from './pgtime.js';
 import { StoreWriteError, StoreWriter } from './writer.js';
@@ -53,7 +53,7 @@ export class TransactionFailure extends Error {
     readonly endLsn: Lsn,
     readonly xid: number,
     /** Tracked tables it changed; null when not known (it could not be decoded). */
-    readonly tables: TableName[] | null,
+    readonly tables: ChangedTable[] | null,
     readonly stage: 'decode' | 'store',
     /** The error, as one line (PostgreSQL's SQLSTATE and detail kept). */
     readonly reason: string,
@@ -68,7 +68,7 @@ export class TransactionFailure extends Error {
 }
 
 /** "public.items, public.other" */
-export function tableList(tables: TableName[]): string {
+export function tableList(tables: ChangedTable[]): string {
   return tables.map((t) => `${t.schema}.${t.table}`).join(', ');
 }
 
@@ -174,13 +174,9 @@ export async function loadSkips(store: pg.ClientBase, nodeId: string): Promise<M
  * when it could not be decoded (so which ones is not known), every table
  * recording at its commit.
  */
-export function gapTables(txn: AssembledTransaction, tracked: TrackedTable[]): TableName[] {
+export function gapTables(txn: AssembledTransaction, tracked: TrackedTable[]): ChangedTable[] {
   if (txn.failure === null) return txn.tables;
-  const names = new Map<string, TableName>();
-  for (const t of tracked) {
-    if (recordingAt(t, txn.commitLsn)) names.set(JSON.stringify([t.schema, t.table]), { schema: t.schema, table: t.table });
-  }
-  return [...names.values()];
+  return tracked.filter((t) => recordingAt(t, txn.commitLsn)).map((t) => ({ relationId: t.relationId, schema: t.schema, table: t.table }));
 }
 
 /**
@@ -193,7 +189,7 @@ export async function recordSkip(
   store: pg.ClientBase,
   nodeId: string,
   txn: AssembledTransaction,
-  tables: TableName[],
+  tables: ChangedTable[],
   request: SkipRequest,
 ): Promise<string> {
   const endLsn = lsnToText(txn.endLsn);
@@ -201,21 +197,16 @@ export async function recordSkip(
     `(pgtimewarp skip-transaction, requested ${request.requestedAt.toISOString()}): ${request.reason}`;
   await store.query('BEGIN');
   try {
-    // a version is valid from its commit's end LSN, and belongs to the
-    // latest incarnation of its table's name tracked before it
-    // (agent/writer.ts): the gap starts where this one's versions would, in
-    // the incarnation they would have gone to
+    // a version is valid from its commit's end LSN (agent/writer.ts): the
+    // gap starts where this one's versions would, in the incarnations they
+    // would have gone to (by id: the name may have changed since)
     await store.query(
       `INSERT INTO pgtimewarp_store.history_gaps (relation_id, from_lsn, from_ts, reason)
        SELECT r.relation_id, $3::pg_lsn, $4::timestamptz, $5
-         FROM jsonb_to_recordset($2::jsonb) AS t(schema text, "table" text)
-        CROSS JOIN LATERAL (
-              SELECT r.relation_id FROM pgtimewarp_store.tracked_relations r
-               WHERE r.node_id = $1 AND r.schema_name = t.schema AND r.table_name = t."table"
-                 AND r.tracked_from_lsn < $3::pg_lsn
-               ORDER BY r.tracked_from_lsn DESC LIMIT 1) AS r
+         FROM pgtimewarp_store.tracked_relations r
+        WHERE r.node_id = $1 AND r.relation_id = ANY ($2::integer[])
        ON CONFLICT (relation_id, from_lsn) DO NOTHING`,
-      [nodeId, JSON.stringify(tables), endLsn, unixMicrosToIso(txn.commitTimeMicros), reason],
+      [nodeId, tables.map((t) => t.relationId), endLsn, unixMicrosToIso(txn.commitTimeMicros), reason],
     );
     const first = await store.query(
       `UPDATE pgtimewarp_store.skipped_transactions SET skipped_at = now()

@@ -220,7 +220,7 @@ describe('a transaction that cannot be assembled', () => {
     assembler.push({ type: 'insert', relation: prices, newRow: row({ p: '1.5' }) }); // after the failure: ignored
     assembler.push({ type: 'insert', relation: untracked, newRow: row({ id: '1' }) });
     const failed = assembler.push({ type: 'commit', commitLsn: 1000n, endLsn: 1048n, commitTime: when, commitTimeMicros: whenMicros });
-    expect(failed).toMatchObject({ xid: 7, endLsn: 1048n, versions: [], truncated: [], tables: [{ schema: 'public', table: 'accounts' }] });
+    expect(failed).toMatchObject({ xid: 7, endLsn: 1048n, versions: [], truncated: [], tables: [{ relationId: 1, schema: 'public', table: 'accounts' }] });
     expect(failed?.failure).toBeInstanceOf(AssemblyError);
     expect(failed?.failure?.message).toMatch(/change to public\.accounts lacks primary key column "id"/);
 
@@ -251,7 +251,7 @@ describe('a transaction that cannot be assembled', () => {
   it('lists the tracked tables a transaction changed', () => {
     const t = transaction([insert('1', 'x'), { type: 'insert', relation: untracked, newRow: row({ id: '1' }) },
       { type: 'truncate', relations: [prices] }]);
-    expect(t.tables).toEqual([{ schema: 'public', table: 'accounts' }, { schema: 'public', table: 'prices' }]);
+    expect(t.tables).toEqual([{ relationId: 1, schema: 'public', table: 'accounts' }, { relationId: 2, schema: 'public', table: 'prices' }]);
   });
 });
 

@@ -47,7 +47,7 @@ describe('failsEveryTime', () => {
 
 describe('a poison transaction', () => {
   const refused = (lsn = 0x1_0000_0030n, message = 'new row violates check constraint "no_poison" (SQLSTATE 23514)') =>
-    new TransactionFailure(lsn, 42, [{ schema: 'public', table: 'items' }], 'store', message);
+    new TransactionFailure(lsn, 42, [{ relationId: 1, schema: 'public', table: 'items' }], 'store', message);
 
   it('is the same failure of the same transaction, POISON_ATTEMPTS times in a row', () => {
     const streak = new FailureStreak();
@@ -59,7 +59,7 @@ describe('a poison transaction', () => {
   });
 
   it('is named by its end LSN, its tables and its error, and the agent says exactly how to skip it', () => {
-    const failure = TransactionFailure.of(txn({ tables: [{ schema: 'public', table: 'items' }] }), 'store', dbError('23514', 'no'));
+    const failure = TransactionFailure.of(txn({ tables: [{ relationId: 1, schema: 'public', table: 'items' }] }), 'store', dbError('23514', 'no'));
     expect(failure.message).toBe('the transaction ending at 1/30 (xid 42, public.items) cannot be stored: no (SQLSTATE 23514)');
     expect(retryKind(failure)).toBe('store_write_error');
     const message = poisonMessage(failure, 3);
@@ -70,14 +70,15 @@ describe('a poison transaction', () => {
   });
 
   it('that could not be decoded leaves its tables unknown: a gap for every table recording at its commit', () => {
-    const undecoded = txn({ failure: new Error('bad payload'), tables: [{ schema: 'public', table: 'items' }] });
+    const undecoded = txn({ failure: new Error('bad payload'), tables: [{ relationId: 1, schema: 'public', table: 'items' }] });
     const failure = TransactionFailure.of(undecoded, 'decode', undecoded.failure);
     expect(failure.tables).toBeNull();
     expect(retryKind(failure)).toBe('decode_error');
     expect(poisonMessage(failure, 3)).toContain('every tracked table');
-    // each name once (an earlier incarnation too), not "old" (untracked), not "later"
-    expect(gapTables(undecoded, [...tracked, { ...tracked[0]!, trackedFromLsn: 90n }])).toEqual([{ schema: 'public', table: 'items' }]);
-    expect(gapTables(txn({ tables: [{ schema: 'public', table: 'old' }] }), tracked)).toEqual([{ schema: 'public', table: 'old' }]);
+    // not "old" (untracked by then), not "later" (tracked after it)
+    expect(gapTables(undecoded, tracked)).toEqual([{ relationId: 1, schema: 'public', table: 'items' }]);
+    const old = [{ relationId: 2, schema: 'public', table: 'old' }];
+    expect(gapTables(txn({ tables: old }), tracked)).toEqual(old);
   });
 });
 

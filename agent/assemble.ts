@@ -64,6 +64,13 @@ export interface TrackedTable {
   table: string;
   /** Primary key columns, in key order (tracked_relations.pk_columns). */
   pkColumns: string[];
+  /**
+   * Other names each primary key column has in the transaction being read:
+   * names it was given there, before the store knows (agent/ddl.ts).
+   */
+  pkAliases?: string[][];
+  /** attnum -> name, as of the last DDL the agent followed (tracked_relations.columns); null if not known. */
+  columns?: Record<string, string> | null;
   trackedFromLsn: Lsn;
   untrackedLsn: Lsn | null;
 }
@@ -231,14 +238,22 @@ export interface AssembledTransaction {
   identity?: IdentityChange[];
 }
 
-/** A tracked incarnation renamed (its table now named schema.table) or dropped. */
+/**
+ * A tracked incarnation renamed (its table now named schema.table),
+ * dropped, or with columns renamed (or its columns first known: columns
+ * set, no renames).
+ */
 export interface IdentityChange {
-  kind: 'renamed' | 'dropped';
+  kind: 'renamed' | 'dropped' | 'columns';
   relationId: number;
   schema: string;
   table: string;
   oldSchema: string;
   oldTable: string;
+  /** For 'columns': attnum -> name after the change, the renames, and the primary key columns' names after it. */
+  columns?: Record<string, string>;
+  renamedColumns?: Array<{ old: string; new: string }>;
+  pkColumns?: string[];
 }
 
 /** Distinct tracking events one transaction keeps; pgtimewarp_track writes one per table. */
@@ -432,7 +447,9 @@ export class TransactionAssembler {
   private keyOf(relation: RelationInfo, tracked: TrackedTable, row: RowImage): string[] {
     const values: string[] = [];
     const types: number[] = [];
-    for (const name of tracked.pkColumns) {
+    for (const [i, pkName] of tracked.pkColumns.entries()) {
+      // the column under the name the stream gives it (one it was renamed to in this transaction)
+      const name = [pkName, ...(tracked.pkAliases?.[i] ?? [])].find((n) => row.has(n)) ?? pkName;
       const value = row.get(name);
       const column = relation.columns.find((c) => c.name === name);
       if (typeof value !== 'string' || column === undefined) {

@@ -27,6 +27,8 @@ export interface RenameAlias {
   schema: string;
   table: string;
   fromLsn: Lsn;
+  /** Columns renamed there, for a renamed primary key column's values to be found. */
+  renamedColumns?: Array<{ old: string; new: string }>;
 }
 
 /** What the DDL log says happened to one table, in the transaction being decoded. */
@@ -37,6 +39,8 @@ export interface DdlEvent {
   event: 'altered' | 'dropped';
   schema: string;
   table: string;
+  /** attnum -> name after the command ('altered'). */
+  columns: Record<string, string> | null;
 }
 
 /**
@@ -47,12 +51,12 @@ export interface DdlEvent {
 export async function verifiedDdlEvents(source: pg.Client, first: number, last: number, xid: number): Promise<DdlEvent[]> {
   const schema = await extensionSchema(source);
   if (schema === null) return [];
-  const res = await source.query<{ relid: number; event: 'altered' | 'dropped'; schema_name: string; table_name: string }>(
-    `SELECT relid::bigint AS relid, event, schema_name, table_name
+  const res = await source.query<{ relid: number; event: 'altered' | 'dropped'; schema_name: string; table_name: string; columns: Record<string, string> | null }>(
+    `SELECT relid::bigint AS relid, event, schema_name, table_name, columns
        FROM ${quoteIdentifier(schema)}.pgtimewarp_ddl_events($1, $2, $3)`,
     [first, last, xid],
   );
-  return res.rows.map((r) => ({ relid: Number(r.relid), event: r.event, schema: r.schema_name, table: r.table_name }));
+  return res.rows.map((r) => ({ relid: Number(r.relid), event: r.event, schema: r.schema_name, table: r.table_name, columns: r.columns }));
 }
 
 const schemas = new WeakMap<pg.Client, string | null>();

@@ -494,7 +494,7 @@ async function runSession(
               message: `${reason}; ${tables.length === 0 ? 'it changed no tracked table' : `history gap recorded from ${lsnToText(txn.endLsn)} on for ${tableList(tables)}`}`,
               endLsn: lsnToText(txn.endLsn), xid: txn.xid, tables: tableList(tables) });
             txn = skippedTransaction(txn);
-          } else if (txn.failure !== null) {
+          } else if (txn.failure !== null && txn.ddl.length === 0) {
             await settle();
             if (txn.spilled) await writer.abandonSpill();
             // what came before it is stored, so that history stops right at it
@@ -511,7 +511,7 @@ async function runSession(
                 message: `transaction ${lsnToText(txn.endLsn)} (xid ${txn.xid}) carried a "pgtimewarp" DDL message naming no DDL log rows it wrote: ignored` });
             }
             const changes = catalog.identityChanges(claimed, txn.commitLsn);
-            const unknown = changes.filter((c) => c.kind === 'renamed' && !catalog.knowsRename(c, txn.commitLsn));
+            const unknown = changes.filter((c) => !catalog.knowsChange(c, txn.commitLsn));
             if (unknown.length > 0) {
               // Its changes after the rename came under a name not known to
               // be this table's, and were passed over (with wal2json, not
@@ -521,17 +521,25 @@ async function runSession(
               if (txn.spilled) await writer.abandonSpill();
               if (batch.length > 0) startWrite();
               await settle();
-              for (const c of unknown) renames.push({ relationId: c.relationId, schema: c.schema, table: c.table, fromLsn: txn.commitLsn });
+              for (const c of unknown) {
+                renames.push({ relationId: c.relationId, schema: c.schema, table: c.table, fromLsn: txn.commitLsn, renamedColumns: c.renamedColumns });
+              }
               log({ level: 'info', event: 'rename_seen',
-                message: `${unknown.map((c) => `${c.oldSchema}.${c.oldTable} renamed to ${c.schema}.${c.table}`).join(', ')} at ${lsnToText(txn.endLsn)}: reading from there again under the new name` });
+                message: `${unknown.map(describeChange).join(', ')} at ${lsnToText(txn.endLsn)}: reading from there again under the new names` });
               return 'restart';
+            }
+            if (txn.failure !== null) {
+              // not for want of a name the DDL gave: fails as any other
+              await settle();
+              if (txn.spilled) await writer.abandonSpill();
+              if (batch.length > 0) startWrite();
+              await settle();
+              throw TransactionFailure.of(txn, failsEveryTime(txn.failure) ? 'store' : 'decode', txn.failure);
             }
             if (changes.length > 0) {
               txn.identity = changes;
               catalog.apply(changes, txn.endLsn);
-              log({ level: 'info', event: 'renamed_or_dropped',
-                message: changes.map((c) => (c.kind === 'renamed' ? `${c.oldSchema}.${c.oldTable} renamed to ${c.schema}.${c.table}` : `${c.schema}.${c.table} dropped`)).join(', '),
-                lsn: lsnToText(txn.endLsn) });
+              log({ level: 'info', event: 'renamed_or_dropped', message: changes.map(describeChange).join(', '), lsn: lsnToText(txn.endLsn) });
               // add-tables is fixed for a stream: the new names from here on
               restartAfterWrite = opts.plugin === 'wal2json' && changes.some((c) => c.kind === 'renamed');
             }
@@ -582,6 +590,20 @@ async function runSession(
   }
 }
 
+function describeChange(c: IdentityChange): string {
+  if (c.kind === 'renamed') return `${c.oldSchema}.${c.oldTable} renamed to ${c.schema}.${c.table}`;
+  if (c.kind === 'dropped') return `${c.schema}.${c.table} dropped`;
+  const renamed = c.renamedColumns ?? [];
+  return renamed.length === 0 ? `columns of ${c.schema}.${c.table} known` : `${c.schema}.${c.table} columns renamed: ${renamed.map((r) => `${r.old} to ${r.new}`).join(', ')}`;
+}
+
+/** The names a column had or took, following renames in order. */
+function aliasesOf(name: string, renamed: Array<{ old: string; new: string }>): string[] {
+  const names = [name];
+  for (const r of renamed) if (names.includes(r.old) && !names.includes(r.new)) names.push(r.new);
+  return names.slice(1);
+}
+
 /** Tracked tables from the store, column types from the source catalog. */
 class SourceCatalog implements Catalog {
   private tables: TrackedTable[] = [];
@@ -595,7 +617,10 @@ class SourceCatalog implements Catalog {
     for (let i = this.renames.length - 1; i >= 0; i--) {
       const r = this.renames[i]!;
       const t = this.tables.find((x) => x.relationId === r.relationId);
-      if (t === undefined || (t.schema === r.schema && t.table === r.table)) this.renames.splice(i, 1);
+      const names = Object.values(t?.columns ?? {});
+      const stored = t !== undefined && t.schema === r.schema && t.table === r.table &&
+        (r.renamedColumns ?? []).every((c) => names.includes(c.new) && !names.includes(c.old));
+      if (t === undefined || stored) this.renames.splice(i, 1);
     }
   }
 
@@ -628,7 +653,12 @@ class SourceCatalog implements Catalog {
         this.renames.some((r) => r.relationId === t.relationId && r.schema === schema && r.table === table && r.fromLsn <= commitLsn);
       if (named && t.trackedFromLsn < commitLsn && (best === undefined || t.trackedFromLsn > best.trackedFromLsn)) best = t;
     }
-    return best;
+    if (best === undefined) return undefined;
+    // primary key columns renamed in this transaction: their new names too
+    const renamed = this.renames.filter((r) => r.relationId === best!.relationId && r.fromLsn <= commitLsn)
+      .flatMap((r) => r.renamedColumns ?? []);
+    if (renamed.length === 0) return best;
+    return { ...best, pkAliases: best.pkColumns.map((name) => aliasesOf(name, renamed)) };
   }
 
   /** The names the stream may give recording tables: theirs, and those they took in transactions not yet stored. */
@@ -641,24 +671,46 @@ class SourceCatalog implements Catalog {
     return names;
   }
 
-  /** What DDL log rows mean for the live incarnations: renames (of a table now named otherwise) and drops. */
+  /**
+   * What DDL log rows mean for the live incarnations: renames (of a table
+   * now named otherwise), column renames (by attnum), drops.
+   */
   identityChanges(events: DdlEvent[], commitLsn: Lsn): IdentityChange[] {
     const changes: IdentityChange[] = [];
     for (const e of events) {
       const t = this.tables.find((x) => x.relid === e.relid && x.untrackedLsn === null && x.trackedFromLsn < commitLsn);
       if (t === undefined) continue;
+      const names = { relationId: t.relationId, schema: t.schema, table: t.table, oldSchema: t.schema, oldTable: t.table };
       if (e.event === 'dropped') {
-        changes.push({ kind: 'dropped', relationId: t.relationId, schema: t.schema, table: t.table, oldSchema: t.schema, oldTable: t.table });
-      } else if (e.schema !== t.schema || e.table !== t.table) {
-        changes.push({ kind: 'renamed', relationId: t.relationId, schema: e.schema, table: e.table, oldSchema: t.schema, oldTable: t.table });
+        changes.push({ kind: 'dropped', ...names });
+        continue;
+      }
+      if (e.schema !== t.schema || e.table !== t.table) {
+        changes.push({ kind: 'renamed', ...names, schema: e.schema, table: e.table });
+      }
+      if (e.columns !== null && JSON.stringify(e.columns) !== JSON.stringify(t.columns ?? null)) {
+        const renamedColumns = Object.entries(e.columns)
+          .filter(([attnum, name]) => t.columns?.[attnum] !== undefined && t.columns[attnum] !== name)
+          .map(([attnum, name]) => ({ old: t.columns![attnum]!, new: name }));
+        const pkColumns = t.pkColumns.map((p) => renamedColumns.find((r) => r.old === p)?.new ?? p);
+        changes.push({ kind: 'columns', ...names, schema: e.schema, table: e.table, columns: e.columns, renamedColumns, pkColumns });
       }
     }
     return changes;
   }
 
-  /** Whether the stream was read knowing this rename (renames alias from before the commit). */
-  knowsRename(c: IdentityChange, commitLsn: Lsn): boolean {
-    return this.renames.some((r) => r.relationId === c.relationId && r.schema === c.schema && r.table === c.table && r.fromLsn <= commitLsn);
+  /**
+   * Whether the stream was read knowing this change where it matters: a
+   * table's new name (its changes after the rename come under it), a key
+   * column's new name (the key is read from it).
+   */
+  knowsChange(c: IdentityChange, commitLsn: Lsn): boolean {
+    const seen = this.renames.filter((r) => r.relationId === c.relationId && r.fromLsn <= commitLsn);
+    if (c.kind === 'renamed') return seen.some((r) => r.schema === c.schema && r.table === c.table);
+    if (c.kind !== 'columns') return true;
+    const t = this.tables.find((x) => x.relationId === c.relationId);
+    const keyRenames = (c.renamedColumns ?? []).filter((r) => t?.pkColumns.includes(r.old));
+    return keyRenames.every((k) => seen.some((r) => (r.renamedColumns ?? []).some((x) => x.old === k.old && x.new === k.new)));
   }
 
   /** Renames and drops, as the store will have them once the transaction ending at endLsn is stored. */
@@ -667,7 +719,9 @@ class SourceCatalog implements Catalog {
       const i = this.tables.findIndex((x) => x.relationId === c.relationId);
       if (i < 0) continue;
       const t = this.tables[i]!;
-      this.tables[i] = c.kind === 'renamed' ? { ...t, schema: c.schema, table: c.table } : { ...t, untrackedLsn: endLsn };
+      this.tables[i] = c.kind === 'renamed' ? { ...t, schema: c.schema, table: c.table }
+        : c.kind === 'columns' ? { ...t, columns: c.columns ?? null, pkColumns: c.pkColumns ?? t.pkColumns }
+          : { ...t, untrackedLsn: endLsn };
     }
   }
 

@@ -120,9 +120,9 @@ export class StoreWriter {
   async trackedTables(): Promise<TrackedTable[]> {
     const res = await this.store.query<{
       relation_id: number; relid: number | null; schema_name: string; table_name: string; pk_columns: string[];
-      tracked_from_lsn: string; untracked_lsn: string | null;
+      tracked_from_lsn: string; untracked_lsn: string | null; columns: Record<string, string> | null;
     }>(
-      `SELECT relation_id, relid::bigint::float8 AS relid, schema_name, table_name, pk_columns,
+      `SELECT relation_id, relid::bigint::float8 AS relid, schema_name, table_name, pk_columns, columns,
               tracked_from_lsn::text, untracked_lsn::text
          FROM pgtimewarp_store.tracked_relations WHERE node_id = $1`,
       [this.nodeId],
@@ -133,6 +133,7 @@ export class StoreWriter {
       schema: r.schema_name,
       table: r.table_name,
       pkColumns: r.pk_columns,
+      columns: r.columns,
       trackedFromLsn: lsnFromText(r.tracked_from_lsn),
       untrackedLsn: r.untracked_lsn === null ? null : lsnFromText(r.untracked_lsn),
     }));
@@ -345,12 +346,27 @@ export class StoreWriter {
   private async applyIdentity(txn: AssembledTransaction): Promise<void> {
     const commit = commitPoint(txn);
     for (const c of txn.identity ?? []) {
-      await this.recordHealth('info', c.kind === 'renamed' ? 'tracked_table_renamed' : 'tracked_table_dropped',
-        c.kind === 'renamed'
-          ? `tracked table ${c.oldSchema}.${c.oldTable} was renamed to ${c.schema}.${c.table} at ${commit.lsn}; its history continues under the new name`
-          : `tracked table ${c.schema}.${c.table} was dropped at ${commit.lsn}; its history up to then stays in the store`,
-        { relationId: c.relationId, lsn: commit.lsn });
-      if (c.kind === 'renamed') {
+      if (c.kind !== 'columns' || (c.renamedColumns ?? []).length > 0) {
+        await this.recordHealth('info', `tracked_${c.kind === 'columns' ? 'columns' : 'table'}_${c.kind === 'dropped' ? 'dropped' : 'renamed'}`,
+          c.kind === 'renamed'
+            ? `tracked table ${c.oldSchema}.${c.oldTable} was renamed to ${c.schema}.${c.table} at ${commit.lsn}; its history continues under the new name`
+            : c.kind === 'dropped'
+              ? `tracked table ${c.schema}.${c.table} was dropped at ${commit.lsn}; its history up to then stays in the store`
+              : `columns of tracked table ${c.schema}.${c.table} were renamed at ${commit.lsn} (${(c.renamedColumns ?? []).map((r) => `${r.old} to ${r.new}`).join(', ')}); older versions read under the new names`,
+          { relationId: c.relationId, lsn: commit.lsn });
+      }
+      if (c.kind === 'columns') {
+        // a version written before a rename is read with the new name (the extension's rename_columns)
+        await this.store.query(
+          `UPDATE pgtimewarp_store.tracked_relations
+              SET columns = $2::jsonb, pk_columns = $3,
+                  column_renames = CASE WHEN jsonb_array_length($4::jsonb) = 0 THEN column_renames
+                                        ELSE coalesce(column_renames, '[]') || $4::jsonb END
+            WHERE relation_id = $1`,
+          [c.relationId, JSON.stringify(c.columns ?? {}), c.pkColumns,
+            JSON.stringify((c.renamedColumns ?? []).map((r) => ({ lsn: commit.lsn, old: r.old, new: r.new })))],
+        );
+      } else if (c.kind === 'renamed') {
         await this.store.query(
           `UPDATE pgtimewarp_store.tracked_relations SET schema_name = $2, table_name = $3 WHERE relation_id = $1`,
           [c.relationId, c.schema, c.table],

@@ -40,7 +40,9 @@ REVOKE ALL ON FUNCTION pgtimewarp_attach(regclass) FROM PUBLIC;
 -- DDL log below); lookups find history by the table's OID among live ones.
 ALTER FOREIGN TABLE pgtimewarp.tracked_relations
     ADD COLUMN dropped_lsn pg_lsn,
-    ADD COLUMN dropped_ts timestamptz;
+    ADD COLUMN dropped_ts timestamptz,
+    ADD COLUMN columns jsonb,
+    ADD COLUMN column_renames jsonb;
 
 -- The DDL log: what the agent must know to follow a table's history across
 -- renames (ALTER TABLE ... RENAME / SET SCHEMA, ALTER SCHEMA ... RENAME) and
@@ -58,6 +60,8 @@ CREATE TABLE pgtimewarp.ddl_log (
     event text NOT NULL CHECK (event IN ('altered', 'dropped')),
     schema_name text NOT NULL,
     table_name text NOT NULL,
+    -- attnum -> name of the table's columns after the command ('altered')
+    columns jsonb,
     logged_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 REVOKE ALL ON pgtimewarp.ddl_log FROM PUBLIC;
@@ -95,8 +99,11 @@ BEGIN
               JOIN pg_class c ON c.relnamespace = d.objid
              WHERE d.classid = 'pg_catalog.pg_namespace'::regclass),
         logged AS (
-            INSERT INTO pgtimewarp.ddl_log (relid, event, schema_name, table_name)
-            SELECT c.oid, 'altered', n.nspname, c.relname
+            INSERT INTO pgtimewarp.ddl_log (relid, event, schema_name, table_name, columns)
+            SELECT c.oid, 'altered', n.nspname, c.relname,
+                   (SELECT jsonb_object_agg(a.attnum::text, a.attname)
+                      FROM pg_attribute a
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
               FROM touched t
               JOIN pg_class c ON c.oid = t.oid
               JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -128,7 +135,7 @@ CREATE EVENT TRIGGER pgtimewarp_table_dropped ON sql_drop
 -- other sessions: while it is still in progress, wait (its commit record is
 -- written, so not for long); a forged message's transaction has committed.
 CREATE FUNCTION pgtimewarp_ddl_events(first_id bigint, last_id bigint, xid bigint)
-RETURNS TABLE (id bigint, relid oid, event text, schema_name text, table_name text)
+RETURNS TABLE (id bigint, relid oid, event text, schema_name text, table_name text, columns jsonb)
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
@@ -149,7 +156,7 @@ BEGIN
         PERFORM pg_sleep(0.001);
     END LOOP;
     RETURN QUERY
-    SELECT l.id, l.relid, l.event, l.schema_name, l.table_name
+    SELECT l.id, l.relid, l.event, l.schema_name, l.table_name, l.columns
       FROM pgtimewarp.ddl_log l
      WHERE l.id BETWEEN first_id AND last_id
        AND l.xid = full_xid::text::xid8

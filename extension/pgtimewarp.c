@@ -124,6 +124,8 @@ typedef struct Tracking
 	XLogRecPtr	horizon_lsn;
 	TimestampTz horizon_ts;
 	ArrayType  *pk_columns;
+	/* [{"lsn", "old", "new"}] in LSN order, or NULL when no column was renamed */
+	Jsonb	   *column_renames;
 	int			ngaps;
 	HistoryGap *gaps;			/* in from_lsn order */
 } Tracking;
@@ -870,7 +872,8 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 	args[3] = ObjectIdGetDatum(target->relid);
 	store_execute("SELECT r.pk_columns, r.tracked_from_lsn, r.tracked_from_ts,"
 				  "       r.untracked_lsn, r.untracked_ts,"
-				  "       c.confirmed_lsn, c.confirmed_ts, r.relation_id, r.relid"
+				  "       c.confirmed_lsn, c.confirmed_ts, r.relation_id, r.relid,"
+				  "       nullif(r.column_renames, '[]')"
 				  "  FROM pgtimewarp.tracked_relations r"
 				  "  LEFT JOIN pgtimewarp.wal_checkpoints c ON c.node_id = r.node_id"
 				  " WHERE r.node_id = $1 AND r.dropped_lsn IS NULL"
@@ -892,6 +895,14 @@ fetch_tracking(StoreSession *ss, const char *node_id, TargetTable *target)
 	t->relation_id = DatumGetInt32(spi_value(0, 8, &isnull, ss->caller_cxt));
 	d = spi_value(0, 9, &isnull, ss->caller_cxt);
 	t->relid = isnull ? InvalidOid : DatumGetObjectId(d);
+	d = spi_value(0, 10, &isnull, ss->caller_cxt);
+	if (!isnull)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(ss->caller_cxt);
+
+		t->column_renames = DatumGetJsonbPCopy(d);
+		MemoryContextSwitchTo(oldcxt);
+	}
 	t->from_lsn = DatumGetLSN(spi_value(0, 2, &isnull, ss->caller_cxt));
 	t->from_ts = DatumGetTimestampTz(spi_value(0, 3, &isnull, ss->caller_cxt));
 	d = spi_value(0, 4, &isnull, ss->caller_cxt);
@@ -1623,6 +1634,82 @@ changed_columns(TupleDesc tupdesc, Jsonb *prev, Jsonb *cur, bool show_former_col
 	return makeArrayResult(acc, CurrentMemoryContext);
 }
 
+/*
+ * A stored row with its columns under the names they have now: a column
+ * renamed after the version was written (tracked_relations.column_renames,
+ * which the agent records from the extension's DDL log) is read under its
+ * new name, so that a version from before ALTER TABLE ... RENAME COLUMN a
+ * TO b shows b.
+ */
+static Jsonb *
+rename_columns(Jsonb *row_data, Tracking *t, XLogRecPtr version_lsn)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			n;
+	char	  **olds;
+	char	  **news;
+	int			napply = 0;
+	JsonbParseState *state = NULL;
+	JsonbValue *result = NULL;
+	char	   *pending_key = NULL;
+
+	if (row_data == NULL || t->column_renames == NULL ||
+		!JB_ROOT_IS_ARRAY(t->column_renames))
+		return row_data;
+	n = JB_ROOT_COUNT(t->column_renames);
+	olds = palloc(sizeof(char *) * Max(n, 1));
+	news = palloc(sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(&t->column_renames->root, i);
+		JsonbValue *lsn;
+		JsonbValue *old;
+		JsonbValue *new;
+
+		if (e == NULL || e->type != jbvBinary)
+			continue;
+		lsn = getKeyJsonValueFromContainer(e->val.binary.data, "lsn", 3, NULL);
+		old = getKeyJsonValueFromContainer(e->val.binary.data, "old", 3, NULL);
+		new = getKeyJsonValueFromContainer(e->val.binary.data, "new", 3, NULL);
+		if (lsn == NULL || old == NULL || new == NULL || lsn->type != jbvString ||
+			old->type != jbvString || new->type != jbvString)
+			elog(ERROR, "malformed column rename in the pgtimewarp store");
+		/*
+		 * Renamed before the version: its row has the new name.  A version
+		 * of the renaming transaction itself may have either (a row last
+		 * changed before the rename in it has the old one): renamed too.
+		 */
+		if (DatumGetLSN(DirectFunctionCall1(pg_lsn_in,
+											CStringGetDatum(pnstrdup(lsn->val.string.val,
+																	 lsn->val.string.len)))) < version_lsn)
+			continue;
+		olds[napply] = pnstrdup(old->val.string.val, old->val.string.len);
+		news[napply] = pnstrdup(new->val.string.val, new->val.string.len);
+		napply++;
+	}
+	if (napply == 0)
+		return row_data;
+
+	it = JsonbIteratorInit(&row_data->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			pending_key = pnstrdup(v.val.string.val, v.val.string.len);
+			/* in LSN order: b -> c, then a -> b */
+			for (int i = 0; i < napply; i++)
+				if (strcmp(pending_key, olds[i]) == 0)
+					pending_key = news[i];
+			v.val.string.val = pending_key;
+			v.val.string.len = strlen(pending_key);
+		}
+		result = pushJsonbValue(&state, tok, tok < WJB_BEGIN_ARRAY ? &v : NULL);
+	}
+	return JsonbValueToJsonb(result);
+}
+
 /* ----------------------------------------------------------------
  * As-of lookups
  * ----------------------------------------------------------------
@@ -1656,6 +1743,8 @@ free_tracking(Tracking *t)
 		pfree(t->gaps[i].reason);
 	if (t->gaps)
 		pfree(t->gaps);
+	if (t->column_renames)
+		pfree(t->column_renames);
 	pfree(t->node_id);
 	pfree(t->pk_columns);
 	pfree(t);
@@ -1670,6 +1759,11 @@ copy_tracking(Tracking *t, MemoryContext cxt)
 	copy->node_id = MemoryContextStrdup(cxt, t->node_id);
 	copy->pk_columns = MemoryContextAlloc(cxt, VARSIZE(t->pk_columns));
 	memcpy(copy->pk_columns, t->pk_columns, VARSIZE(t->pk_columns));
+	if (t->column_renames)
+	{
+		copy->column_renames = MemoryContextAlloc(cxt, VARSIZE(t->column_renames));
+		memcpy(copy->column_renames, t->column_renames, VARSIZE(t->column_renames));
+	}
 	if (t->ngaps > 0)
 	{
 		copy->gaps = MemoryContextAlloc(cxt, sizeof(HistoryGap) * t->ngaps);
@@ -1760,6 +1854,8 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	/* the latest version at or before lsn is the one visible there */
 	found = fetch_version_at(&ss, t, target, key, lsn, v);
 	store_session_end(&ss);
+	if (found)
+		v->row_data = rename_columns(v->row_data, t, v->from_lsn);
 	return found && v->row_data != NULL;
 }
 
@@ -1946,6 +2042,10 @@ pgtimewarp_diff_pk(PG_FUNCTION_ARGS)
 	have_previous = nversions > 0 && versions[0].from_lsn > 0 &&
 		fetch_version_at(&ss, t, &target, key, versions[0].from_lsn - 1, &previous);
 	store_session_end(&ss);
+	for (int i = 0; i < nversions; i++)
+		versions[i].row_data = rename_columns(versions[i].row_data, t, versions[i].from_lsn);
+	if (have_previous)
+		previous.row_data = rename_columns(previous.row_data, t, previous.from_lsn);
 
 	for (int i = 0; i < nversions; i++)
 	{
@@ -2163,6 +2263,32 @@ warn_if_no_slot(TargetTable *target)
 }
 
 /*
+ * The table's columns as the DDL log writes them, attnum -> name: the
+ * agent tells a column rename from them (agent/ddl.ts).
+ */
+static char *
+column_names_json(TupleDesc tupdesc)
+{
+	StringInfoData buf;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
+
+		if (attr->attisdropped)
+			continue;
+		appendStringInfo(&buf, "%s\"%d\": ", first ? "" : ", ", (int) attr->attnum);
+		escape_json(&buf, NameStr(attr->attname));
+		first = false;
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/*
  * pgtimewarp_track(rel regclass) RETURNS pg_lsn
  *
  * Concurrency: the table is locked in SHARE ROW EXCLUSIVE mode, which waits
@@ -2260,12 +2386,14 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 		args[5] = LSNGetDatum(start_lsn);
 		argtypes[6] = TIMESTAMPTZOID;
 		args[6] = TimestampTzGetDatum(start_ts);
+		argtypes[7] = TEXTOID;
+		args[7] = CStringGetTextDatum(column_names_json(RelationGetDescr(rel)));
 		/* the store numbers each tracked incarnation (relation_id) */
 		store_execute("INSERT INTO pgtimewarp.tracked_relations"
 					  " (node_id, schema_name, table_name, relid, pk_columns,"
-					  "  tracked_from_lsn, tracked_from_ts)"
-					  " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING relation_id",
-					  7, argtypes, args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
+					  "  tracked_from_lsn, tracked_from_ts, columns)"
+					  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) RETURNING relation_id",
+					  8, argtypes, args, NULL, false, 0, SPI_OK_INSERT_RETURNING);
 		if (SPI_processed != 1)
 			elog(ERROR, "registering table %s in the pgtimewarp store returned no relation id",
 				 target.display_name);

@@ -31,6 +31,14 @@ ALTER TABLE pgtimewarp_store.tracked_relations DROP CONSTRAINT tracked_relations
 ALTER TABLE pgtimewarp_store.tracked_relations
     ADD COLUMN dropped_lsn pg_lsn,
     ADD COLUMN dropped_ts timestamptz;
+-- Column names: what the table's columns were called (attnum -> name) as
+-- of the last DDL the agent followed, and every column rename since
+-- tracking began ([{"lsn", "old", "new"}] in LSN order; NULL: none; postgres_fdw
+-- inserts NULL for a column it is not given): a version written
+-- before a rename is read with the column's new name.
+ALTER TABLE pgtimewarp_store.tracked_relations
+    ADD COLUMN columns jsonb,
+    ADD COLUMN column_renames jsonb;
 CREATE UNIQUE INDEX tracked_relations_relid_key
     ON pgtimewarp_store.tracked_relations (node_id, relid) WHERE dropped_lsn IS NULL;
 CREATE INDEX tracked_relations_name_idx

@@ -4,6 +4,9 @@
 //   rename, moved to another schema, its schema renamed, renamed back), its
 //   history continues with no gap: every key at every recorded LSN reads
 //   back as the table was, under whatever name it has now;
+// - its columns renamed (a key column too, inside transactions that change
+//   rows before and after), every version reads back under the columns'
+//   names now;
 // - dropped and created again under the same name by another role, the new
 //   table's rows never join the old history (with wal2json, whose filter is
 //   by name, they used to), and the new table can be tracked afresh;
@@ -32,6 +35,8 @@ describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %
   const stop = new AbortController();
   let running: Promise<void>;
   const history: Snapshot[] = [];
+  /** cols as it was after each transaction: LSN, and id -> row as JSON under the names of then. */
+  const colsHistory: Array<{ lsn: string; rows: Array<Record<string, unknown>> }> = [];
   /** What the table is named now, for snapshots. */
   let name = 'public.items';
 
@@ -55,6 +60,8 @@ describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %
     await source.query(`CREATE TABLE payroll (id int PRIMARY KEY, salary int)`);
     await source.query(`INSERT INTO payroll VALUES (1, 9000)`);
     await source.query(`CREATE TABLE bystander (id int PRIMARY KEY, n int)`);
+    await source.query(`CREATE TABLE cols (id int PRIMARY KEY, a int, b text)`);
+    await source.query(`INSERT INTO cols VALUES (1, 1, 'one'), (2, 2, 'two')`);
     await source.query(`CREATE ROLE intruder_${plugin} LOGIN`);
     await source.query(`GRANT CREATE ON SCHEMA public TO intruder_${plugin}`);
     running = runAgent({
@@ -63,8 +70,33 @@ describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %
       backoff: { initialMs: 100, maxMs: 1000 },
     });
     await waitFor('the agent\'s slot', async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`agent_${plugin}`])).rowCount === 1, 30_000);
-    for (const t of ['items', 'payroll', 'bystander']) await source.query(`SELECT pgtimewarp_track($1)`, [t]);
+    for (const t of ['items', 'payroll', 'bystander', 'cols']) await source.query(`SELECT pgtimewarp_track($1)`, [t]);
     await snapshot(source);
+
+    const colsSnapshot = async (): Promise<void> => {
+      const lsn = await source.query<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`);
+      const rows = await source.query<{ j: Record<string, unknown> }>(`SELECT to_jsonb(t) AS j FROM cols t`);
+      colsHistory.push({ lsn: lsn.rows[0]!.lsn, rows: rows.rows.map((r) => r.j) });
+    };
+    await colsSnapshot();
+    await source.query(`UPDATE cols SET a = 10 WHERE id = 1`);
+    await colsSnapshot();
+    await inTransaction(source, [
+      `UPDATE cols SET a = 11 WHERE id = 1`,
+      `ALTER TABLE cols RENAME a TO alpha`,
+      `UPDATE cols SET alpha = 20 WHERE id = 2`,
+    ]);
+    await colsSnapshot();
+    // the key column, with changes before and after in the same transaction
+    await inTransaction(source, [
+      `UPDATE cols SET b = 'x' WHERE id = 1`,
+      `ALTER TABLE cols RENAME id TO ident`,
+      `UPDATE cols SET b = 'y' WHERE ident = 2`,
+      `INSERT INTO cols VALUES (3, 3, 'three')`,
+    ]);
+    await colsSnapshot();
+    await source.query(`UPDATE cols SET alpha = 12 WHERE ident = 1`);
+    await colsSnapshot();
 
     const bump = (n: number) => source.query(`INSERT INTO bystander VALUES ($1, 0) ON CONFLICT (id) DO UPDATE SET n = bystander.n + 1`, [n]);
     // changes under the old name and the new one in the transaction that renames
@@ -146,6 +178,33 @@ describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %
         [plugin]);
       expect(health.rows.map((r) => r.kind)).toContain('tracked_table_renamed');
       expect(health.rows.some((r) => r.kind === 'tracked_table_dropped' && r.message.includes('public.payroll'))).toBe(true);
+    } finally {
+      await store.end();
+    }
+  });
+
+  it('reads every version of a table whose columns were renamed under the names they have now', async () => {
+    const { source } = timewarp;
+    const now = (row: Record<string, unknown>): Record<string, unknown> => Object.fromEntries(
+      Object.entries(row).map(([k, v]) => [k === 'a' ? 'alpha' : k === 'id' ? 'ident' : k, v]));
+    let compared = 0;
+    for (const s of colsHistory) {
+      for (const ident of [1, 2, 3]) {
+        const res = await source.query<{ got: Record<string, unknown> | null }>(
+          `SELECT pgtimewarp_asof_pk_lsn('cols', $1, $2) AS got`, [JSON.stringify({ ident }), s.lsn]);
+        const was = s.rows.map(now).find((r) => r['ident'] === ident) ?? null;
+        expect(res.rows[0]?.got ?? null, `ident ${ident} at ${s.lsn}`).toEqual(was);
+        compared++;
+      }
+    }
+    expect(compared).toBe(15);
+    const store = await cluster().connect(`store_${plugin}`);
+    try {
+      const r = await store.query<{ pk_columns: string[]; renames: Array<{ old: string; new: string }> }>(
+        `SELECT pk_columns, column_renames AS renames FROM pgtimewarp_store.tracked_relations
+          WHERE node_id = $1 AND table_name = 'cols'`, [plugin]);
+      expect(r.rows[0]!.pk_columns).toEqual(['ident']);
+      expect(r.rows[0]!.renames.map((x) => `${x.old}>${x.new}`)).toEqual(['a>alpha', 'id>ident']);
     } finally {
       await store.end();
     }

@@ -33,7 +33,7 @@ INSERT INTO pgtimewarp.ddl_log (relid, event, schema_name, table_name) VALUES (1
 SELECT count(*) FROM pgtimewarp.ddl_log;
 RESET ROLE;
 
-SELECT id - (SELECT min(id) FROM pgtimewarp.ddl_log) AS n, event, schema_name, table_name
+SELECT id - (SELECT min(id) FROM pgtimewarp.ddl_log) AS n, event, schema_name, table_name, columns
   FROM pgtimewarp.ddl_log ORDER BY id;
 
 -- each DDL transaction's message names its rows

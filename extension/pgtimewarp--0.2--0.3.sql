@@ -126,6 +126,10 @@ CREATE EVENT TRIGGER pgtimewarp_table_renamed ON ddl_command_end
     EXECUTE FUNCTION pgtimewarp.log_table_ddl();
 CREATE EVENT TRIGGER pgtimewarp_table_dropped ON sql_drop
     EXECUTE FUNCTION pgtimewarp.log_table_ddl();
+-- also under session_replication_role = replica (logical replication
+-- appliers, some migration tools): a rename nobody logs is a gap
+ALTER EVENT TRIGGER pgtimewarp_table_renamed ENABLE ALWAYS;
+ALTER EVENT TRIGGER pgtimewarp_table_dropped ENABLE ALWAYS;
 
 -- What the agent reads of the log: the rows of one message, written by the
 -- transaction `xid` (its 32-bit xid, as the stream gives it).  SECURITY

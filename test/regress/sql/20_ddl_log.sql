@@ -25,6 +25,10 @@ ALTER TABLE ddl_temp ADD COLUMN v text;        -- temporary: not logged
 ALTER TABLE ddl_s.unlogged ADD COLUMN v text;  -- unlogged: not logged
 RESET ROLE;
 ALTER SCHEMA ddl_s RENAME TO ddl_s2;           -- every table of the schema
+-- also under session_replication_role = replica
+SET session_replication_role = replica;
+ALTER TABLE ddl_s2.t2 ADD COLUMN w int;
+RESET session_replication_role;
 SET ROLE regress_ddl_user;
 DROP TABLE ddl_s2.t2, ddl_s2.unlogged;
 DROP TABLE ddl_temp;

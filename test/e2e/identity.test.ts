@@ -17,8 +17,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { runAgent, type AgentEvent } from '../../agent/run.js';
-import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
+import { setupTimewarp, startAgent, type InProcessAgent, type Timewarp } from '../support/timewarp.js';
 import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
@@ -31,9 +30,7 @@ interface Snapshot {
 
 describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %s', (plugin) => {
   let timewarp: Timewarp;
-  const events: AgentEvent[] = [];
-  const stop = new AbortController();
-  let running: Promise<void>;
+  let agent: InProcessAgent;
   const history: Snapshot[] = [];
   /** cols as it was after each transaction: LSN, and id -> row as JSON under the names of then. */
   const colsHistory: Array<{ lsn: string; rows: Array<Record<string, unknown>> }> = [];
@@ -64,12 +61,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %
     await source.query(`INSERT INTO cols VALUES (1, 1, 'one'), (2, 2, 'two')`);
     await source.query(`CREATE ROLE intruder_${plugin} LOGIN`);
     await source.query(`GRANT CREATE ON SCHEMA public TO intruder_${plugin}`);
-    running = runAgent({
-      sourceUrl: timewarp.sourceUrl, storeUrl: timewarp.storeUrl, nodeId: timewarp.nodeId,
-      slot: `agent_${plugin}`, plugin, signal: stop.signal, log: (e) => events.push(e),
-      backoff: { initialMs: 100, maxMs: 1000 },
-    });
-    await waitFor('the agent\'s slot', async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`agent_${plugin}`])).rowCount === 1, 30_000);
+    agent = await startAgent(timewarp, plugin);
     for (const t of ['items', 'payroll', 'bystander', 'cols']) await source.query(`SELECT pgtimewarp_track($1)`, [t]);
     await snapshot(source);
 
@@ -140,8 +132,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %
   });
 
   afterAll(async () => {
-    stop.abort();
-    await running?.catch(() => undefined);
+    await agent?.stop();
     await timewarp?.source.end();
   });
 
@@ -229,7 +220,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('history follows the table on %
     const now = await source.query<{ salary: string }>(`SELECT pgtimewarp_asof_pk('payroll', '{"id": 2}', now()) ->> 'salary' AS salary`);
     expect(now.rows[0]?.salary).toBe('2');
     // the forged message was believed by nobody
-    expect(events.filter((e) => e.event === 'unverified_ddl_message')).toHaveLength(1);
-    expect(events.filter((e) => e.level === 'error' || e.event === 'retry')).toEqual([]);
+    expect(agent.events.filter((e) => e.event === 'unverified_ddl_message')).toHaveLength(1);
+    expect(agent.events.filter((e) => e.level === 'error' || e.event === 'retry')).toEqual([]);
   });
 });

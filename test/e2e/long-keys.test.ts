@@ -11,8 +11,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { runAgent, type AgentEvent } from '../../agent/run.js';
-import { setupTimewarp, type Timewarp } from '../support/timewarp.js';
+import { setupTimewarp, startAgent, type InProcessAgent, type Timewarp } from '../support/timewarp.js';
 import { waitFor } from '../support/wait.js';
 import { useCluster } from '../support/use-cluster.js';
 
@@ -35,9 +34,7 @@ async function snapshot(source: pg.Client): Promise<Snapshot> {
 
 describe.each(['pgoutput', 'wal2json'] as const)('long keys through the agent on %s', (plugin) => {
   let timewarp: Timewarp;
-  const events: AgentEvent[] = [];
-  const stop = new AbortController();
-  let running: Promise<void>;
+  let agent: InProcessAgent;
   const history: Snapshot[] = [];
 
   beforeAll(async () => {
@@ -46,14 +43,8 @@ describe.each(['pgoutput', 'wal2json'] as const)('long keys through the agent on
     await source.query(`CREATE TABLE docs (k text PRIMARY KEY, n int, big text)`);
     await source.query(`ALTER TABLE docs ALTER big SET STORAGE EXTERNAL`);
     await source.query(`CREATE TABLE other (id int PRIMARY KEY, v int)`);
-    running = runAgent({
-      sourceUrl: timewarp.sourceUrl, storeUrl: timewarp.storeUrl, nodeId: timewarp.nodeId,
-      slot: `agent_${plugin}`, plugin, signal: stop.signal, log: (e) => events.push(e),
-      backoff: { initialMs: 100, maxMs: 1000 },
-      // a transaction of more than 3 keys is merged in the store piece by piece
-      spillKeys: 3,
-    });
-    await waitFor('the agent\'s slot', async () => (await source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [`agent_${plugin}`])).rowCount === 1, 30_000);
+    // a transaction of more than 3 keys is merged in the store piece by piece
+    agent = await startAgent(timewarp, plugin, { spillKeys: 3 });
     // a long key in the baseline too
     await source.query(`INSERT INTO docs VALUES ($1, 0, repeat('b', 7000))`, [KEYS[0]]);
     await source.query(`SELECT pgtimewarp_track('docs')`);
@@ -89,8 +80,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('long keys through the agent on
   });
 
   afterAll(async () => {
-    stop.abort();
-    await running?.catch(() => undefined);
+    await agent?.stop();
     await timewarp?.source.end();
   });
 
@@ -113,7 +103,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('long keys through the agent on
       }
     }
     // no retry: a refused key would have been retried
-    expect(events.filter((e) => e.level !== 'info')).toEqual([]);
+    expect(agent.events.filter((e) => e.level !== 'info')).toEqual([]);
   });
 
   it('keeps long keys whole in the store, indexed by digest', async () => {

@@ -5,8 +5,10 @@
 
 import type pg from 'pg';
 
+import { runAgent, type AgentEvent, type AgentOptions } from '../../agent/run.js';
 import { migrateStore } from '../../installer/store.js';
 import type { Cluster } from './cluster.js';
+import { waitFor } from './wait.js';
 
 export interface TimewarpOptions {
   /** Database whose tables are tracked; created here. Default "source". */
@@ -76,4 +78,38 @@ export async function setupTimewarp(cluster: Cluster, opts: TimewarpOptions = {}
     throw err;
   }
   return { source, sourceUrl, storeUrl, nodeId };
+}
+
+/** An agent run in this process by startAgent(): what it logged, and how to stop it. */
+export interface InProcessAgent {
+  events: AgentEvent[];
+  /** Stops it and waits until it has (a failure it ended with is not thrown). */
+  stop(): Promise<void>;
+}
+
+/**
+ * runAgent() on `timewarp`'s databases with slot agent_<plugin>, quick to
+ * retry, returning once its slot exists (so that tables tracked after are
+ * tracked from a point the slot covers).
+ */
+export async function startAgent(
+  timewarp: Timewarp, plugin: 'pgoutput' | 'wal2json', options: Partial<AgentOptions> = {},
+): Promise<InProcessAgent> {
+  const events: AgentEvent[] = [];
+  const abort = new AbortController();
+  const slot = `agent_${plugin}`;
+  const running = runAgent({
+    sourceUrl: timewarp.sourceUrl, storeUrl: timewarp.storeUrl, nodeId: timewarp.nodeId,
+    slot, plugin, signal: abort.signal, log: (e) => events.push(e),
+    backoff: { initialMs: 100, maxMs: 1000 }, ...options,
+  });
+  await waitFor('the agent\'s slot', async () =>
+    (await timewarp.source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [slot])).rowCount === 1, 30_000);
+  return {
+    events,
+    stop: async () => {
+      abort.abort();
+      await running.catch(() => undefined);
+    },
+  };
 }

@@ -211,6 +211,49 @@ function startAgentFix(config: InstalledConfig | null, nodeId: string | null, sl
 }
 
 /**
+ * A transaction the agent stopped at because it fails alike on every try
+ * (agent/poison.ts): reported by a poison_transaction health event, and
+ * unresolved while the store's checkpoint is still before its end.  History
+ * has stopped for every table until it is skipped or its cause removed.
+ */
+async function poisonTransactionFinding(store: StoreReader, nodeId: string, agentFix: string): Promise<Finding> {
+  const s = store.schema;
+  const res = await store.client.query<{ at: string; end_lsn: string; message: string; tables: string | null; error: string | null }>(
+    `SELECT e.occurred_at::text AS at, e.detail ->> 'end_lsn' AS end_lsn, e.message,
+            (SELECT string_agg(t, ', ') FROM jsonb_array_elements_text(CASE jsonb_typeof(e.detail -> 'tables')
+                                               WHEN 'array' THEN e.detail -> 'tables' END) AS t) AS tables,
+            e.detail ->> 'error' AS error
+       FROM ${s}.health_events e
+      WHERE e.node_id = $1 AND e.kind = 'poison_transaction'
+        AND NOT EXISTS (SELECT 1 FROM ${s}.wal_checkpoints c
+                         WHERE c.node_id = e.node_id AND c.confirmed_lsn >= (e.detail ->> 'end_lsn')::pg_lsn)
+      ORDER BY e.occurred_at DESC LIMIT 1`,
+    [nodeId],
+  );
+  const poison = res.rows[0];
+  if (poison === undefined) {
+    return { check: 'poison_transaction', status: 'ok', message: 'the agent is not stopped at a transaction it cannot store' };
+  }
+  // a skip already asked for (read directly: the extension's foreign tables may not include the list)
+  const requested = s !== 'pgtimewarp_store' ? false : (await store.client.query(
+    `SELECT 1 FROM pgtimewarp_store.skipped_transactions WHERE node_id = $1 AND end_lsn = $2::pg_lsn`,
+    [nodeId, poison.end_lsn],
+  )).rowCount === 1;
+  const skip = `pgtimewarp skip-transaction ${poison.end_lsn} --reason '<why>'`;
+  return {
+    check: 'poison_transaction', status: 'error',
+    message: `the agent stopped at the transaction ending at ${poison.end_lsn}${poison.tables === null ? '' : ` (${poison.tables})`}, ` +
+      `which fails the same way on every try: ${poison.error ?? poison.message} (reported at ${poison.at})`,
+    figures: { endLsn: poison.end_lsn, tables: poison.tables, skipRequested: requested },
+    meaning: 'History has stopped for every tracked table at that transaction, and the slot holds back WAL from there on.',
+    fix: requested
+      ? `Skipping it is already requested (pgtimewarp_store.skipped_transactions): start the agent, and it goes past it. ${agentFix}`
+      : `Remove the cause (the error names it) and start the agent again; or skip the transaction, losing its changes ` +
+        `(a history gap is recorded from ${poison.end_lsn} on for ${poison.tables ?? 'every tracked table'}): ${skip}, then start the agent again. ${agentFix}`,
+  };
+}
+
+/**
  * Run every check.  Resolves to the report; rejects only on a bug, never
  * because something is broken or missing.
  */
@@ -817,6 +860,15 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
       }
     } else {
       blocked('tracked_tables', noSource ?? noStore ?? { by: 'node', reason: 'the store could not be read for this node' });
+    }
+
+    // --- a transaction the agent stopped at -------------------------------------------------------
+    if (storeReady !== null && storeRead && nodeId !== null) {
+      const reader = storeReady;
+      const node = nodeId;
+      await guard('poison_transaction', async () => add(await poisonTransactionFinding(reader, node, agentFix)));
+    } else {
+      blocked('poison_transaction', noStore ?? { by: 'node', reason: 'the store could not be read for this node' });
     }
 
     // --- recent health events -----------------------------------------------------------------------

@@ -91,7 +91,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the horizon on %s', (plugin) =
     const unasked = await withNotices(`hsrc_${plugin}`, `SELECT pgtimewarp_asof_pk('items', '{"id": 1}', now()) ->> 'label' AS label`,
       ['SET pgtimewarp.horizon_wait = 0']);
     expect(unasked.rows).toEqual([{ label: 'v4' }]);
-    expect(unasked.warnings).toEqual([expect.stringMatching(/^history of table "public\.items" is complete only up to /)]);
+    expect(unasked.warnings).toEqual([expect.stringMatching(/^history of table public\.items is complete only up to /)]);
   });
 
   it('writes no heartbeats for its own WAL while the source is quiet', async () => {

@@ -17,7 +17,8 @@
 import pg from 'pg';
 
 import { walRisk } from '../agent/run.js';
-import { ConfigError, resolveConnections, type Connections, type InstalledConfig } from './config.js';
+import { backgroundAgentState, logTail, pendingRetry } from './agent-service.js';
+import { ConfigError, resolveConnections, type Connections, type InstalledConfig, type Plugin } from './config.js';
 import { formatBytes, formatDuration } from './output.js';
 import { describeConnection, quoteIdent, quoteLiteral } from './query-connection.js';
 
@@ -84,6 +85,14 @@ export interface DoctorOptions {
 
 const DEFAULT_SLOT = 'pgtimewarp';
 const PUBLICATION = 'pgtimewarp';
+/** The health event kinds of the errors the agent retries after (retryKind in agent/run.ts). */
+const RETRY_KINDS = ['agent_retry', 'store_write_error', 'decode_error'];
+/**
+ * A retry this recent, not followed by a stop, means the agent still runs
+ * and backs off: it waits at most 30 s between tries (its default
+ * backoff), and records each retry.
+ */
+const RETRYING_WITHIN_SECONDS = 60;
 const STATEMENT_TIMEOUT_MS = 30_000;
 const CONNECT_TIMEOUT_MS = 10_000;
 
@@ -179,14 +188,18 @@ function worst(...statuses: Status[]): Status {
 }
 
 /**
- * What to run to get history recorded again after a gap (slot lost, WAL
- * lost, slot confirmed past the store): history with gaps is not modelled,
- * so each table starts over.
+ * What to run to get history recorded again after a gap the agent cannot
+ * go on across (slot lost, WAL lost, slot confirmed past the store, a
+ * restored source): each table starts over, which deletes its history.
+ * The fix says so, and how to keep a copy first.
  */
 function restartHistoryFix(nodeId: string, slot: string, tables: TrackedRelation[]): string {
   const names = tables.length > 0 ? tables.map((t) => t.name) : ['<table>'];
   const each = (fn: string): string => names.map((n) => `SELECT ${fn}(${quoteLiteral(n)});`).join(' ');
-  return `History cannot continue across the gap; to record afresh from now (export the old history first if you need it): ` +
+  const copy = `\\copy (SELECT * FROM pgtimewarp_store.row_history WHERE node_id = ${quoteLiteral(nodeId)}) TO 'pgtimewarp-history.csv' CSV HEADER`;
+  return `History cannot continue across the gap: the agent refuses to. What was recorded before it stays queryable until you delete it. ` +
+    `Recording afresh from now deletes it: pgtimewarp_forget deletes all of a table's recorded history, so first keep a copy if you need it ` +
+    `(in psql on the store database: ${copy}). Then: ` +
     `stop the agent; in the source database run ${each('pgtimewarp_untrack')} ${each('pgtimewarp_forget')} ` +
     `and, if the slot still exists, SELECT pg_drop_replication_slot(${quoteLiteral(slot)}); ` +
     `in the store database run DELETE FROM pgtimewarp_store.wal_checkpoints WHERE node_id = ${quoteLiteral(nodeId)}; ` +
@@ -251,6 +264,45 @@ async function poisonTransactionFinding(store: StoreReader, nodeId: string, agen
       : `Remove the cause (the error names it) and start the agent again; or skip the transaction, losing its changes ` +
         `(a history gap is recorded from ${poison.end_lsn} on for ${poison.tables ?? 'every tracked table'}): ${skip}, then start the agent again. ${agentFix}`,
   };
+}
+
+/** An agent that runs though it does not read the slot: its pid when known, and the retry it backs off from. */
+interface NotReading {
+  pid: number | null;
+  retry: { at: string; message: string; from: string } | null;
+}
+
+/**
+ * Whether the agent runs while nothing reads the slot: it is backing off
+ * between retries (or just starting).  A background agent's pid file
+ * decides whether it runs, and its log says why it retries; otherwise a
+ * recent retry in the store's health events, not followed by a stop, says
+ * it runs.  Null: not running, as far as can be seen.
+ */
+async function agentNotReading(
+  config: InstalledConfig | null, nodeId: string | null, slot: string, plugin: string, store: StoreReader | null,
+): Promise<NotReading | null> {
+  let pid: number | null = null;
+  let retry: NotReading['retry'] = null;
+  if (config?.agent === 'background' && config.pidFile !== undefined && nodeId !== null) {
+    const state = backgroundAgentState(config.pidFile, { nodeId, slot, plugin: plugin as Plugin });
+    if (state.state === 'stopped') return null; // gone, whatever it last said
+    pid = state.pid;
+    const logged = config.logFile === undefined ? null : pendingRetry(logTail(config.logFile, 200));
+    if (logged !== null) retry = { at: logged.time ?? 'an unknown time', message: logged.message, from: `its log ${config.logFile}` };
+  }
+  if (retry === null && store !== null && nodeId !== null) {
+    const s = store.schema;
+    const event = (await store.client.query<{ at: string; kind: string; message: string }>(
+      `SELECT occurred_at::text AS at, kind, message FROM ${s}.health_events
+        WHERE node_id = $1 AND kind = ANY($2) AND occurred_at > now() - make_interval(secs => $3)
+          AND occurred_at > coalesce((SELECT max(occurred_at) FROM ${s}.health_events WHERE node_id = $1 AND kind = 'agent_stopped'), '-infinity')
+        ORDER BY occurred_at DESC LIMIT 1`,
+      [nodeId, RETRY_KINDS, RETRYING_WITHIN_SECONDS],
+    )).rows[0];
+    if (event !== undefined) retry = { at: event.at, message: event.message, from: `health event ${event.kind}` };
+  }
+  return pid === null && retry === null ? null : { pid, retry };
 }
 
 /**
@@ -607,13 +659,36 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
     // --- slot checks ------------------------------------------------------------------------------
     const sr = slotRow as SlotRow | null;
     const noSlot: Blocked = noSource ?? { by: 'slot', reason: `replication slot "${slot}" is not usable` };
-    const agentFix = startAgentFix(config, nodeId, slot, plugin());
+    let agentFix = startAgentFix(config, nodeId, slot, plugin());
+    let notReading: NotReading | null = null;
+    if (sr !== null && !sr.active) {
+      await guard('slot_active', async () => {
+        notReading = await agentNotReading(config, nodeId, slot, plugin(), storeReady);
+      });
+    }
+    const running = notReading as NotReading | null;
+    if (running !== null) {
+      agentFix = running.retry !== null
+        ? `Remove the cause the error names (${running.retry.from} has more); the agent tries again by itself, at least every 30 s, and goes on from its checkpoint.`
+        : 'Wait a few seconds and run doctor again; if it persists, see the agent\'s log.';
+    }
     if (sr !== null && source !== null) {
       const src = source;
       const cp = checkpoint as Checkpoint | null;
       const stop = lastStop as { at: string; message: string } | null;
       if (sr.active) {
         add({ check: 'slot_active', status: 'ok', message: `the agent is reading slot "${slot}" (backend pid ${sr.active_pid})`, figures: { activePid: sr.active_pid } });
+      } else if (running !== null) {
+        const who = `the agent is running${running.pid !== null ? ` (pid ${running.pid})` : ''}`;
+        add({
+          check: 'slot_active', status: 'error',
+          message: running.retry !== null
+            ? `${who} but not reading replication slot "${slot}": it is retrying after an error (last at ${running.retry.at}, ${running.retry.from}): ${running.retry.message}`
+            : `${who} but not reading replication slot "${slot}" yet: it is starting or connecting`,
+          figures: { active: false, retrying: running.retry !== null, agentPid: running.pid },
+          meaning: 'No history is being recorded until it connects, and the slot holds back WAL on the source meanwhile.',
+          fix: agentFix,
+        });
       } else {
         add({
           check: 'slot_active', status: 'error', message: `nothing is reading replication slot "${slot}": the agent is not running or not connected`,
@@ -720,7 +795,7 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
             check: 'heartbeat', status: active ? 'warning' : 'error', figures,
             message: `the agent last stored progress ${formatDuration(age)} ago, while the source has written WAL since (a running agent stores progress at least every 30 s while the source writes WAL)`,
             meaning: active ? 'The agent is connected but not storing progress: it may be stuck on a large transaction, retrying a store error, or blocked on the store.'
-              : 'The agent is not running: nothing is recorded.',
+              : running !== null ? 'The agent runs but is not connected (see slot_active): nothing is recorded.' : 'The agent is not running: nothing is recorded.',
             fix: active ? 'See the agent\'s log and the health events below.' : agentFix,
           });
         });
@@ -751,7 +826,8 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
               check: 'checkpoint', status: 'warning', figures,
               message: `the store's checkpoint was written through slot "${cp.slot_name}", but slot "${slot}" is being checked`,
               meaning: 'Two slots for one node: the other one pins WAL, or doctor looks at the wrong one.',
-              fix: `Run doctor with --slot ${cp.slot_name}, or drop the slot no agent uses (SELECT pg_drop_replication_slot('...')).`,
+              fix: `Run doctor with --slot ${cp.slot_name}, the slot the agent stores progress through; if slot "${slot}" is one no agent uses, drop it: ` +
+                `SELECT pg_drop_replication_slot(${quoteLiteral(slot)});`,
             });
           } else {
             add({
@@ -775,8 +851,9 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
           add({ check: 'tracked_tables', status: 'ok', message: 'no tables are tracked yet (pgtimewarp track <table> starts one)' });
           return;
         }
-        const res = await src.query<{ schema: string; table: string; exists: boolean; pk: string[] | null; now_named: string | null }>(
+        const res = await src.query<{ schema: string; table: string; exists: boolean; pk: string[] | null; pk_constraint: string | null; now_named: string | null }>(
           `SELECT t.schema, t."table", c.oid IS NOT NULL AS exists,
+                  (SELECT quote_ident(k.conname) FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') AS pk_constraint,
                   (SELECT array_agg(a.attname::text ORDER BY k.ord)
                      FROM pg_catalog.pg_index i
                      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
@@ -790,6 +867,24 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
              LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t."table" AND c.relkind = 'r'`,
           [JSON.stringify(tracked.map((t) => ({ schema: t.schema, table: t.table, relid: t.relid })))],
         );
+        // The agent follows the renames the extension logs (pgtimewarp.ddl_log, 0.3 on) as it reads
+        // past them.  Whether it has: its checkpoint's time against the rename's (the time its
+        // transaction began, so a rename in a transaction still open at a checkpoint looks read).
+        const ddlLog = (await src.query<{ exists: boolean; readable: boolean }>(
+          `SELECT to_regclass('pgtimewarp.ddl_log') IS NOT NULL AS exists,
+                  CASE WHEN to_regclass('pgtimewarp.ddl_log') IS NULL THEN false
+                       ELSE has_table_privilege(to_regclass('pgtimewarp.ddl_log'), 'SELECT') END AS readable`,
+        )).rows[0]!;
+        const confirmedTs = (checkpoint as Checkpoint | null)?.confirmed_ts ?? null;
+        const renameState = async (relid: string | null): Promise<'pending' | 'missed' | 'unlogged' | 'unknown'> => {
+          if (!ddlLog.readable || relid === null) return 'unknown';
+          const r = (await src.query<{ logged: boolean; pending: boolean }>(
+            `SELECT l.at IS NOT NULL AS logged, l.at IS NOT NULL AND ($2::timestamptz IS NULL OR $2::timestamptz < l.at) AS pending
+               FROM (SELECT max(logged_at) AS at FROM pgtimewarp.ddl_log WHERE relid = $1::oid AND event = 'altered') l`,
+            [relid, confirmedTs],
+          )).rows[0]!;
+          return r.pending ? 'pending' : r.logged ? 'missed' : 'unlogged';
+        };
         let problems = 0;
         for (const t of res.rows) {
           const rel = tracked.find((x) => x.schema === t.schema && x.table === t.table)!;
@@ -797,12 +892,31 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
           const want = rel.pk_columns;
           if (!t.exists && t.now_named !== null) {
             problems++;
-            add({
-              check: 'tracked_tables', status: 'error', message: `tracked table ${name} was renamed: it is now ${t.now_named}`, figures: { table: name, nowNamed: t.now_named },
-              meaning: 'History is kept by name: changes made under the new name are not recorded (its history has a gap from the rename on), and queries by the new name find no history.',
-              fix: `Rename it back now: ALTER TABLE ${t.now_named} RENAME TO ${rel.table_sql}. To keep the new name instead, start its history afresh (the old history is deleted): rename it back, ` +
-                `SELECT pgtimewarp_untrack(${quoteLiteral(name)}); SELECT pgtimewarp_forget(${quoteLiteral(name)}); rename it again, then SELECT pgtimewarp_track(${quoteLiteral(t.now_named)});`,
-            });
+            const figures = { table: name, nowNamed: t.now_named };
+            const state = await renameState(rel.relid);
+            if (state === 'pending') {
+              add({
+                check: 'tracked_tables', status: 'warning', message: `tracked table ${name} was renamed to ${t.now_named}; the agent has not read that far yet`, figures,
+                meaning: 'The agent follows renames: when it reads past this one it records the table under its new name, and its history goes on without a gap. ' +
+                  'Lookups find the history under the new name already.',
+                fix: 'Nothing to undo: let the agent catch up (see slot_active and slot_lag).',
+              });
+            } else {
+              const why: Record<typeof state, string> = {
+                missed: ', and the agent has stored progress past the rename without following it',
+                unlogged: ', and the rename was not logged for the agent (is the event trigger pgtimewarp_table_renamed enabled?)',
+                unknown: '',
+              };
+              add({
+                check: 'tracked_tables', status: 'error', figures,
+                message: `tracked table ${name} was renamed: it is now ${t.now_named}${why[state]}`,
+                meaning: 'The store has it under its old name, so changes made under the new name are not recorded: its history has a gap from the rename on, ' +
+                  'which lookups do not know of. What was recorded before the rename is valid.',
+                fix: `Rename it back: ALTER TABLE ${t.now_named} RENAME TO ${rel.table_sql}; recording goes on from then. ` +
+                  'Its history misses the changes made under the new name (from the rename until it is renamed back): a lookup at a time in between may find a row as it was before the rename.' +
+                  (!ddlLog.exists ? ' With extension 0.3 or later ("pgtimewarp install" updates it), the agent follows renames.' : ''),
+              });
+            }
           } else if (!t.exists) {
             problems++;
             add({
@@ -822,8 +936,9 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
             add({
               check: 'tracked_tables', status: 'error', message: `the primary key of tracked table ${name} is now (${t.pk.join(', ')}); its history is keyed by (${want.join(', ')})`,
               figures: { table: name },
-              meaning: 'History queries on the table fail, and new changes cannot be matched to the old keys.',
-              fix: `Restore the primary key (${want.join(', ')}), or start its history afresh: untrack, forget and track the table again.`,
+              meaning: 'History queries on the table fail, and new changes cannot be matched to the old keys. The history recorded so far is valid, keyed by the old columns.',
+              fix: `Make (${rel.pk_sql}) the primary key again: ALTER TABLE ${name} ${t.pk_constraint !== null ? `DROP CONSTRAINT ${t.pk_constraint}, ` : ''}ADD PRIMARY KEY (${rel.pk_sql}); ` +
+                'changes made under the other key are missing from its history. (A history cannot be carried over to another key.)',
             });
           }
         }
@@ -838,12 +953,22 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
           );
           const exists = (await src.query(`SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1`, [PUBLICATION])).rowCount === 1;
           const present = new Set(pub.rows.map((r) => `${r.schema}.${r.table}`));
-          const missing = tracked.filter((t) => !present.has(`${t.schema}.${t.table}`));
+          // a tracked table dropped or renamed is tracked_tables' finding: it cannot be added under its tracked name
+          const found = new Set((await src.query<{ name: string }>(
+            `SELECT t.name FROM jsonb_to_recordset($1::jsonb) AS t(name text, schema text, "table" text)
+               JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema
+               JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t."table" AND c.relkind IN ('r', 'p')`,
+            [JSON.stringify(tracked.map((t) => ({ name: t.name, schema: t.schema, table: t.table })))],
+          )).rows.map((r) => r.name));
+          const missing = tracked.filter((t) => found.has(t.name) && !present.has(`${t.schema}.${t.table}`));
           if (!exists) {
             add({
               check: 'publication', status: tracked.length > 0 ? 'error' : 'warning', message: `publication ${PUBLICATION} does not exist`,
               meaning: 'With pgoutput the agent streams only the tables in this publication: no changes reach it.',
-              fix: 'Start the agent (it creates the publication), then untrack, forget and track each table again so that it joins the publication from a known point.',
+              fix: tracked.length === 0 ? 'Start the agent: it creates the publication.'
+                : `Create it with the tracked tables: CREATE PUBLICATION ${quoteIdent(PUBLICATION)}${found.size > 0 ? ` FOR TABLE ${[...found].join(', ')}` : ''}; ` +
+                  'their changes made while it was missing were not streamed, so their history misses them: a lookup at a time in between may find a row as it was before. ' +
+                  'What was recorded before stays valid.',
             });
           } else if (missing.length > 0) {
             const names = missing.map((t) => t.name);
@@ -851,7 +976,10 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
               check: 'publication', status: 'error', message: `tracked table(s) not in publication ${PUBLICATION}: ${names.join(', ')}`,
               figures: { tables: names.join(', ') },
               meaning: 'Their changes are not streamed to the agent, so they are missing from history (pgtimewarp_track adds a table inside its own transaction; if that transaction failed after the store had committed, the store lists a table the publication does not have).',
-              fix: `Start their history afresh: ${names.map((n) => `SELECT pgtimewarp_untrack(${quoteLiteral(n)}); SELECT pgtimewarp_forget(${quoteLiteral(n)}); SELECT pgtimewarp_track(${quoteLiteral(n)});`).join(' ')}`,
+              fix: `Add them back: ALTER PUBLICATION ${quoteIdent(PUBLICATION)} ADD TABLE ${names.join(', ')}; recording goes on from then. ` +
+                'The changes made while they were out of the publication were not streamed and cannot be recovered: their history misses them ' +
+                '(since they left it, or since tracking began if they were never in it), and a lookup at a time in between may find a row as it was before. ' +
+                'What was recorded before they left stays valid.',
             });
           } else {
             add({ check: 'publication', status: 'ok', message: `publication ${PUBLICATION} has every tracked table` });

@@ -65,7 +65,8 @@ export function registerDoctorCommand(program: Command): void {
     .addHelpText('after', `
 Checks: wal_level; output_plugin_libraries allows the slot's plugin; the
 pgtimewarp extension and its node id; the store; the extension reaches the
-store (postgres_fdw); the slot exists and the agent reads it; WAL retention
+store (postgres_fdw); the slot exists and the agent reads it (else: does the
+agent run and retry, and why); WAL retention
 (wal_status, safe_wal_size); slot lag in bytes and in time; the agent's
 heartbeat (at least every 30 s while the source writes WAL; a warning after ${DEFAULT_THRESHOLDS.heartbeatWarnSeconds} s, an error when
 the slot is inactive too); the store's checkpoint against the slot and the

@@ -1,15 +1,23 @@
 // pgtimewarp doctor against real clusters in the states it must tell apart:
-// healthy (agent streaming, caught up), the agent stopped, the slot lagging,
-// the slot's output plugin not allowed, tracked tables renamed, dropped or
-// without their key, and a half-installed system.  Mostly through the plain
-// function; the real CLI for the exit codes and the printed report.
+// healthy (agent streaming, caught up), the agent stopped, the agent running
+// but retrying (in process, and in the background with its pid and log
+// files), the slot lagging, the slot's output plugin not allowed, tracked
+// tables renamed, dropped, re-keyed, without their key or out of the
+// publication, and a half-installed system.  Advice that is followed keeps
+// the history that is still valid: only a gap the agent cannot go on across
+// leads to pgtimewarp_forget, and that advice says it deletes history.
+// Mostly through the plain function; the real CLI for the exit codes and
+// the printed report.
 
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent } from '../../agent/run.js';
+import { spawnBackgroundAgent, stopBackgroundAgent, type AgentFiles } from '../../installer/agent-service.js';
 import { doctor, type DoctorReport, type Finding } from '../../installer/doctor-checks.js';
 import { writeConfig } from '../../installer/config.js';
 import { startCluster } from '../support/cluster.js';
@@ -187,31 +195,42 @@ describe('pgtimewarp doctor', () => {
     expect(notOk(after)).toEqual([]);
   });
 
-  it('tracked tables renamed, dropped or without their primary key', async () => {
+  it('tracked tables renamed, dropped, re-keyed or without their primary key while the agent was stopped', async () => {
     const { source } = timewarp;
     if (agent === null) startAgent(); // whatever the test before left, the agent must be reading
-    for (const t of ['t_renamed', 't_dropped', 't_nokey']) {
-      await source.query(`CREATE TABLE ${t} (id int PRIMARY KEY, v text)`);
+    for (const t of ['t_renamed', 't_dropped', 't_nokey', 't_rekeyed']) {
+      await source.query(`CREATE TABLE ${t} (id int PRIMARY KEY, v text NOT NULL DEFAULT '')`);
       await source.query(`SELECT pgtimewarp_track('${t}')`);
     }
+    await caughtUp(source);
+    await stopAgent();
+    await waitFor('the slot to be released', async () => !(await slotActive(source)), 30_000);
     await source.query(`ALTER TABLE t_renamed RENAME TO t_new_name`);
     await source.query(`DROP TABLE t_dropped`);
     await source.query(`ALTER TABLE t_nokey DROP CONSTRAINT t_nokey_pkey`);
+    await source.query(`ALTER TABLE t_rekeyed DROP CONSTRAINT t_rekeyed_pkey, ADD CONSTRAINT "new key" PRIMARY KEY (id, v)`);
 
     const report = await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig });
     const tables = find(report, 'tracked_tables');
     expect(tables.map((f) => [f.figures?.['table'], f.status])).toEqual([
       ['public.t_dropped', 'warning'],
       ['public.t_nokey', 'error'],
-      ['public.t_renamed', 'error'],
+      ['public.t_rekeyed', 'error'],
+      ['public.t_renamed', 'warning'],
     ]);
-    const renamed = tables[2]!;
-    expect(renamed.message).toBe('tracked table public.t_renamed was renamed: it is now public.t_new_name');
-    expect(renamed.fix).toMatch(/^Rename it back now: ALTER TABLE public\.t_new_name RENAME TO t_renamed\./);
+    // the history before the rename, or under the old key, is valid: no advice deletes it
+    for (const f of tables) expect(f.fix).not.toMatch(/forget/);
+    // a rename the agent has not read yet: it follows it when it does
+    const renamed = tables[3]!;
+    expect(renamed.message).toBe('tracked table public.t_renamed was renamed to public.t_new_name; the agent has not read that far yet');
+    expect(renamed.fix).toBe('Nothing to undo: let the agent catch up (see slot_active and slot_lag).');
     expect(tables[1]!.fix).toBe('Add the primary key back: ALTER TABLE public.t_nokey ADD PRIMARY KEY (id).');
+    const rekeyed = tables[2]!;
+    expect(rekeyed.fix).toMatch(/^Make \(id\) the primary key again: ALTER TABLE public\.t_rekeyed DROP CONSTRAINT "new key", ADD PRIMARY KEY \(id\); changes made under the other key are missing/);
     expect(report.healthy).toBe(false);
 
-    // the agent notices too, and doctor shows what it recorded
+    // the agent started notices too, and doctor shows what it recorded
+    startAgent();
     const events = await waitFor('the agent\'s health events', async () => {
       const r = await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig });
       const f = one(r, 'health_events');
@@ -219,11 +238,69 @@ describe('pgtimewarp doctor', () => {
     }, 30_000);
     expect(events.fix).toMatch(/^Read them in the store: SELECT \* FROM pgtimewarp_store\.health_events WHERE node_id = 'e2e'/);
 
-    // the fixes: the key back, the name back, the dropped one untracked in the store
+    // caught up, it has followed the rename and ended the dropped table's history; the fixes as given do the rest
+    await caughtUp(source);
+    const followed = await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig });
+    expect(find(followed, 'tracked_tables').map((f) => f.figures?.['table'])).toEqual(['public.t_nokey', 'public.t_rekeyed']);
     await source.query(`ALTER TABLE t_nokey ADD PRIMARY KEY (id)`);
-    await source.query(`ALTER TABLE t_new_name RENAME TO t_renamed`);
+    await source.query(/: (ALTER TABLE [^;]+);/.exec(rekeyed.fix!)![1]!);
     const fixed = await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig });
-    expect(find(fixed, 'tracked_tables').map((f) => f.status)).toEqual(['warning']);
+    expect(find(fixed, 'tracked_tables').map((f) => f.status)).toEqual(['ok']);
+  });
+
+  it('a rename the agent cannot follow (not logged): renamed back, keeping the history, which says what it misses', async () => {
+    const { source } = timewarp;
+    if (agent === null) startAgent();
+    await source.query(`CREATE TABLE t_unlogged_rename (id int PRIMARY KEY, v text)`);
+    await source.query(`SELECT pgtimewarp_track('t_unlogged_rename')`);
+    await caughtUp(source);
+    // no DDL log entry, so no message for the agent (as before extension 0.3)
+    await source.query(`ALTER EVENT TRIGGER pgtimewarp_table_renamed DISABLE`);
+    try {
+      await source.query(`ALTER TABLE t_unlogged_rename RENAME TO t_elsewhere`);
+      await caughtUp(source);
+      const report = await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig });
+      const renamed = one(report, 'tracked_tables');
+      expect(renamed).toMatchObject({
+        status: 'error',
+        message: 'tracked table public.t_unlogged_rename was renamed: it is now public.t_elsewhere, and the rename was not logged for the agent ' +
+          '(is the event trigger pgtimewarp_table_renamed enabled?)',
+      });
+      expect(renamed.fix).toMatch(/^Rename it back: ALTER TABLE public\.t_elsewhere RENAME TO t_unlogged_rename; recording goes on from then\. Its history misses the changes made under the new name/);
+      expect(renamed.fix).not.toMatch(/forget/);
+      await source.query(/^Rename it back: (ALTER TABLE [^;]+);/.exec(renamed.fix!)![1]!);
+    } finally {
+      await source.query(`ALTER EVENT TRIGGER pgtimewarp_table_renamed ENABLE`);
+    }
+    await caughtUp(source);
+    expect(find(await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig }), 'tracked_tables').map((f) => f.status)).toEqual(['ok']);
+  });
+
+  it('a tracked table out of the publication: the fix adds it back, keeping its history, and says what it misses', async () => {
+    const { source } = timewarp;
+    if (agent === null) startAgent();
+    await source.query(`CREATE TABLE t_pub (id int PRIMARY KEY, v text)`);
+    await source.query(`INSERT INTO t_pub VALUES (1, 'before')`);
+    await source.query(`SELECT pgtimewarp_track('t_pub')`);
+    await source.query(`ALTER PUBLICATION pgtimewarp DROP TABLE t_pub`);
+    await source.query(`UPDATE t_pub SET v = 'while out' WHERE id = 1`);
+
+    const report = await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig });
+    const pub = one(report, 'publication');
+    expect(pub).toMatchObject({ status: 'error', message: 'tracked table(s) not in publication pgtimewarp: public.t_pub' });
+    expect(pub.fix).toMatch(/^Add them back: ALTER PUBLICATION "pgtimewarp" ADD TABLE public\.t_pub; recording goes on from then\. The changes made while they were out of the publication were not streamed/);
+    expect(pub.fix).not.toMatch(/forget/);
+
+    // followed: its history is kept, and what changes from then on is recorded
+    await source.query(/^Add them back: ([^;]+);/.exec(pub.fix!)![1]!);
+    await source.query(`UPDATE t_pub SET v = 'after' WHERE id = 1`);
+    await caughtUp(source);
+    const ops = await source.query<{ op: string; v: string | null }>(
+      `SELECT op, row_data ->> 'v' AS v FROM pgtimewarp_diff_pk('t_pub', '{"id": 1}', (SELECT tracked_from_ts FROM pgtimewarp_status() WHERE table_name = 't_pub'), now())`,
+    );
+    expect(ops.rows).toEqual([{ op: 'baseline', v: 'before' }, { op: 'update', v: 'after' }]);
+    const fixed = await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig });
+    expect(one(fixed, 'publication').status).toBe('ok');
   });
 
   it('an output plugin the server does not allow: an error whose fix names output_plugin_libraries, and works', async () => {
@@ -300,6 +377,10 @@ describe('pgtimewarp doctor after the slot is lost', () => {
         `SELECT pgtimewarp_track('public.ledger')`,
       ];
       for (const step of steps) expect(lost.fix).toContain(step);
+      // forgetting is the only way on across this gap, and the fix says what it deletes, and how to keep a copy first
+      expect(lost.fix).toMatch(/pgtimewarp_forget deletes all of a table's recorded history, so first keep a copy/);
+      expect(lost.fix).toContain(`\\copy (SELECT * FROM pgtimewarp_store.row_history WHERE node_id = 'gap') TO`);
+      expect(lost.fix!.indexOf('keep a copy')).toBeLessThan(lost.fix!.indexOf(steps[1]!));
       expect(lost.fix!.indexOf(steps[2]!)).toBeLessThan(lost.fix!.indexOf('start the agent'));
       expect(lost.fix!.indexOf('start the agent')).toBeLessThan(lost.fix!.indexOf(steps[3]!));
 
@@ -325,6 +406,93 @@ describe('pgtimewarp doctor after the slot is lost', () => {
       await store.end();
       await gap.source.end();
     }
+  });
+});
+
+describe('pgtimewarp doctor while the agent retries', () => {
+  let retry: Timewarp;
+  const slot = 'retry_slot';
+  const tempDirs: string[] = [];
+  afterAll(async () => {
+    await retry?.source.end();
+    for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function slotInactive(): Promise<boolean> {
+    return (await retry.source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [slot])).rowCount === 1;
+  }
+
+  beforeAll(async () => {
+    retry = await setupTimewarp(cluster(), { sourceDb: 'retry', storeDb: 'retry_store', nodeId: 'retry' });
+    // a first run makes the slot and a checkpoint
+    const stop = new AbortController();
+    const running = runAgent({ sourceUrl: retry.sourceUrl, storeUrl: retry.storeUrl, nodeId: 'retry', slot, plugin: 'pgoutput', signal: stop.signal });
+    await waitFor('the agent\'s slot', async () =>
+      (await retry.source.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active`, [slot])).rowCount === 1, 30_000);
+    await retry.source.query(`CREATE TABLE r (id int PRIMARY KEY)`);
+    await retry.source.query(`SELECT pgtimewarp_track('r')`);
+    await caughtUp(retry.source);
+    stop.abort();
+    await running;
+    await waitFor('the slot to be released', slotInactive, 30_000);
+  });
+
+  it('that cannot reach the source: running and retrying, with the reason it recorded; not "not running"', async () => {
+    const stop = new AbortController();
+    const running = runAgent({
+      sourceUrl: 'postgresql://postgres@127.0.0.1:1/retry', storeUrl: retry.storeUrl, nodeId: 'retry', slot, plugin: 'pgoutput',
+      signal: stop.signal, backoff: { initialMs: 200, maxMs: 1000 },
+    });
+    try {
+      const store = await cluster().connect('retry_store');
+      await waitFor('a retry in the health events', async () =>
+        (await store.query(`SELECT 1 FROM pgtimewarp_store.health_events WHERE node_id = 'retry' AND kind = 'agent_retry'`)).rowCount! > 0, 30_000);
+      await store.end();
+
+      const report = await doctor({ source: retry.sourceUrl, store: retry.storeUrl, slot, env: noConfig });
+      const slotActive = one(report, 'slot_active');
+      expect(slotActive).toMatchObject({ status: 'error', figures: { active: false, retrying: true } });
+      expect(slotActive.message).toMatch(
+        /^the agent is running but not reading replication slot "retry_slot": it is retrying after an error \(last at .+, health event agent_retry\): .*ECONNREFUSED 127\.0\.0\.1:1/,
+      );
+      expect(slotActive.fix).toMatch(/^Remove the cause the error names .*; the agent tries again by itself/);
+      expect(JSON.stringify(report)).not.toMatch(/the agent is not running|Start the agent/);
+    } finally {
+      stop.abort();
+      await running.catch(() => undefined);
+    }
+  });
+
+  it('in the background, unable to reach the store: running (its pid) and retrying, from its log; once stopped, not running', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgtimewarp-doctor-'));
+    tempDirs.push(dir);
+    const files: AgentFiles = {
+      pidFile: join(dir, 'agent.pid'), logFile: join(dir, 'agent.log'), envFile: join(dir, 'agent.env'),
+      unitName: 'pgtimewarp-agent-retry.service', unitFile: join(dir, 'agent.service'),
+    };
+    const spec = { nodeId: 'retry', slot, plugin: 'pgoutput' as const, sourceUrl: retry.sourceUrl, storeUrl: 'postgresql://postgres@127.0.0.1:1/retry_store' };
+    const config = join(dir, 'config.json');
+    writeConfig({
+      version: 1, sourceUrl: retry.sourceUrl, storeUrl: retry.storeUrl, nodeId: 'retry', slot, plugin: 'pgoutput',
+      agent: 'background', pidFile: files.pidFile, logFile: files.logFile,
+    }, config);
+    const agentProcess = spawnBackgroundAgent(spec, files);
+    try {
+      await waitFor('the agent to retry', async () => /"event":"retry"/.test(await agentProcess.output()), 30_000);
+      const report = await doctor({ env: { PGTIMEWARP_CONFIG: config } });
+      const slotActive = one(report, 'slot_active');
+      expect(slotActive).toMatchObject({ status: 'error', figures: { active: false, retrying: true, agentPid: agentProcess.pid } });
+      expect(slotActive.message).toMatch(new RegExp(
+        `^the agent is running \\(pid ${agentProcess.pid}\\) but not reading replication slot "retry_slot": it is retrying after an error ` +
+          `\\(last at \\S+, its log ${files.logFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\): .*ECONNREFUSED 127\\.0\\.0\\.1:1`,
+      ));
+    } finally {
+      await stopBackgroundAgent(files, spec);
+    }
+    // its process gone: not running, whatever its log and the health events said last
+    const report = await doctor({ env: { PGTIMEWARP_CONFIG: config } });
+    expect(one(report, 'slot_active').message).toBe('nothing is reading replication slot "retry_slot": the agent is not running or not connected');
+    expect(one(report, 'slot_active').fix).toMatch(/^See why the agent stopped in /);
   });
 });
 

@@ -37,7 +37,7 @@ describe('migrateStore', () => {
   it('creates the store tables in a fresh database, then has nothing left to apply', async () => {
     const url = await createDatabase('store_fresh');
 
-    expect(await migrateStore(url)).toEqual(['1_create_store.sql', '2_compact_versions.sql', '3_safe_history.sql']);
+    expect(await migrateStore(url)).toEqual(['1_create_store.sql', '2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql']);
 
     const tables = await cluster().psql(
       `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'pgtimewarp_store'`,
@@ -86,7 +86,7 @@ describe('migrateStore', () => {
       const before = (await client.query(HISTORY.replace('%s', 'row_versions'))).rows;
       expect(before).toHaveLength(10);
 
-      expect(await migrateStore(url)).toEqual(['2_compact_versions.sql', '3_safe_history.sql']);
+      expect(await migrateStore(url)).toEqual(['2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql']);
 
       // the same history, read through the view that spells it out as version 1 stored it
       expect((await client.query(HISTORY.replace('%s', 'row_history'))).rows).toEqual(before);

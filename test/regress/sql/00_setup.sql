@@ -10,6 +10,7 @@
 \i ../migrations/1_create_store.sql
 \i ../migrations/2_compact_versions.sql
 \i ../migrations/3_safe_history.sql
+\i ../migrations/4_node_database_oid.sql
 \set ECHO all
 
 CREATE EXTENSION pgtimewarp CASCADE;

@@ -621,6 +621,12 @@ function steps(run: InstallRun): Step[] {
       if (!(await run.extensionExists()) || !(await run.storeSchemaExists())) {
         return { change: false, skip: true, detail: 'checked once the extension and the store exist' };
       }
+      // a dry run on a restored database: the extension came with the dump, its server's options and mapping did not
+      const want = run.fdwOptions();
+      const server = await serverOptions(run);
+      if ((await mappingOptions(run, await run.extensionOwner())) === null || Object.keys(want).some((k) => server[k] !== want[k])) {
+        return { change: false, skip: true, detail: 'checked once the foreign server and the user mapping are set' };
+      }
       await verifyConnections(run);
       return { change: false, detail: `the source reaches the store through postgres_fdw as ${FDW_ROLE}; ${AGENT_ROLE} connects to both` };
     },

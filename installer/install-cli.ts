@@ -81,7 +81,7 @@ export function registerInstallCommands(program: Command): void {
     .option('--restart', 'change server settings that are in the way (wal_level, output_plugin_libraries, max_replication_slots, max_wal_senders) with ALTER SYSTEM and restart or reload the server')
     .option('--dry-run', 'print the plan (each step and whether it would change something) and change nothing')
     .option('--yes', 'do not ask before changing things (asked only on a terminal)')
-    .option('--json', 'print the outcome as one JSON object (steps with status changed, unchanged, skipped or would-change)')
+    .option('--json', 'print the outcome as one JSON object (steps with status changed, unchanged, skipped or would-change; restore: the tables whose history was attached after a restore, and those left, with why)')
     .addHelpText('after', `
 Runs on the source database server's host: the extension is built with PGXS and
 installed into that server's directories, so install fails when the source
@@ -93,6 +93,15 @@ Idempotent: every step first looks, and changes only what is not yet right; a
 second run changes nothing and says so, and a run that failed part-way is
 completed by the next one.  Passwords of the roles it creates are kept in the
 config file (mode 0600) and reused.
+
+After pg_dump and pg_restore, run it again against the restored database:
+its tables have new OIDs, and history belongs to tables by OID.  When the
+source is another database than the one the store recorded the node from
+(cluster and database OID) and its pgtimewarp.config, which came with the
+dump, names the node, install attaches each tracked table's history to the
+table restored under its name (same primary key) and records the new
+database.  In the recorded database it attaches nothing, and lists tables
+created under a tracked name with the SELECT pgtimewarp_attach(...) to run.
 
 A background agent's pid and log files go to $PGTIMEWARP_STATE_DIR, else next
 to $PGTIMEWARP_CONFIG when that is set, else /var/lib/pgtimewarp (root) or

@@ -25,11 +25,14 @@ import {
   buildUrl, connParams, databaseExists, errorMessage, queryUnlogged, quoteIdent, quoteLiteral, redactUrl, urlWithCredentials, withClient,
   withMaintenanceClient,
 } from './install-sql.js';
+import {
+  applyAttachPlan, describeAttachPlan, describeNotAttached, readAttachPlan, type AttachPlan, type NotAttached,
+} from './install-restore.js';
 import { planThenApply, type PlanThenApplyOptions, type Step, type StepResult } from './install-steps.js';
 import { migrationsDir } from './paths.js';
 import {
   appliedMigrations, findBuildTools, findProblems, formatProblems, inspectSource, inspectStore,
-  type BuildTools, type Judgement, type SourceFacts, type StoreFacts,
+  type BuildTools, type Judgement, type NodeSource, type SourceFacts, type StoreFacts,
 } from './prereq.js';
 import {
   AGENT_ROLE, FDW_ROLE, applyGrants, ensureRole, generatePassword, missingGrants, roleChanges, storeGrants, storeTables,
@@ -69,6 +72,13 @@ export interface InstallResult {
   store: string;
   configFile: string;
   agent: { mode: AgentMode; pid?: number; pidFile?: string; logFile?: string; unit?: string; envFile?: string; command?: string };
+  /**
+   * History and the tables it belongs to (install-restore.ts): whether this
+   * database is the one the node was recorded from, or restored from a dump
+   * of it; the tables whose history was (or, in a dry run, would be)
+   * attached; those left as they are, each with why and its attach command.
+   */
+  restore: { source: NodeSource; attached: string[]; notAttached: NotAttached[] };
   next: string[];
 }
 
@@ -124,8 +134,12 @@ class InstallRun {
   readonly fdwPassword: string;
   /** A role's password was (re)set in this run: a running agent must restart to use it. */
   passwordsChanged = false;
+  /** History was attached to restored tables in this run: a running agent reads which table is whose only when it starts. */
+  historyAttached = false;
   postgresFdwCreated: boolean;
   agentPid: number | undefined;
+  /** The restore step's plan, as last looked at (or applied). */
+  attachPlan: AttachPlan | null = null;
 
   constructor(readonly opts: InstallOptions) {
     this.env = opts.env ?? process.env;
@@ -606,8 +620,9 @@ function steps(run: InstallRun): Step[] {
     async apply() {
       await run.source$((c) => c.query(`SELECT pgtimewarp_configure($1)`, [run.nodeId]));
       await run.store$((c) => c.query(
-        `INSERT INTO pgtimewarp_store.nodes (node_id, database_name, system_identifier) VALUES ($1, $2, $3) ON CONFLICT (node_id) DO NOTHING`,
-        [run.nodeId, run.source.database, run.source.systemIdentifier],
+        `INSERT INTO pgtimewarp_store.nodes (node_id, database_name, system_identifier, database_oid) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (node_id) DO NOTHING`,
+        [run.nodeId, run.source.database, run.source.systemIdentifier, run.source.databaseOid],
       ));
       return `node ${run.nodeId}`;
     },
@@ -634,6 +649,26 @@ function steps(run: InstallRun): Step[] {
   });
 
   add({
+    id: 'restore',
+    title: 'Attach history to tables restored from a dump',
+    async check() {
+      if (!(await run.extensionExists()) || !(await run.storeSchemaExists())) {
+        return { change: false, skip: true, detail: 'a new node: no history to attach' };
+      }
+      const { plan, node } = await readPlan(run);
+      if (plan.source === 'unregistered') return { change: false, skip: true, detail: 'a new node: no history to attach' };
+      return { change: plan.recordSource || plan.attach.length > 0, detail: describeAttachPlan(plan, node, run.source, run.nodeId, false) };
+    },
+    async apply() {
+      const { plan, node } = await readPlan(run);
+      await run.store$((store) => run.source$((source) => applyAttachPlan(store, source, run.nodeId, plan, run.source)));
+      run.attachPlan = plan;
+      if (plan.attach.length > 0) run.historyAttached = true;
+      return describeAttachPlan(plan, node, run.source, run.nodeId, true);
+    },
+  });
+
+  add({
     id: 'agent',
     title: 'Provision the agent',
     async check() {
@@ -644,6 +679,14 @@ function steps(run: InstallRun): Step[] {
     },
   });
   return list;
+}
+
+/** The restore step's plan, read fresh from the store and the source, kept for the summary. */
+async function readPlan(run: InstallRun): Promise<Awaited<ReturnType<typeof readAttachPlan>>> {
+  const read = await run.store$((store) => run.source$((source) =>
+    readAttachPlan(store, source, run.nodeId, run.source)));
+  run.attachPlan = read.plan;
+  return read;
 }
 
 /** "SELECT/INSERT on nodes to r, ..." — in full when a few are missing, by role when many (a fresh store). */
@@ -707,6 +750,7 @@ async function verifyConnections(run: InstallRun): Promise<void> {
 async function agentCheck(run: InstallRun): Promise<{ change: boolean; detail: string; skip?: boolean }> {
   const spec = run.agentSpec();
   const files = run.files;
+  const restart = run.passwordsChanged ? 'with the new password' : run.historyAttached ? 'to read whose history is whose after the restore' : null;
   const leftovers: string[] = [];
   if (run.agentMode !== 'background' && backgroundAgentState(files.pidFile, spec).state !== 'stopped') leftovers.push('stop the background agent');
   if (run.agentMode !== 'systemd' && existsSync(files.unitFile)) leftovers.push(`remove ${files.unitName}`);
@@ -714,18 +758,18 @@ async function agentCheck(run: InstallRun): Promise<{ change: boolean; detail: s
   switch (run.agentMode) {
     case 'background': {
       const state = backgroundAgentState(files.pidFile, spec);
-      if (state.state === 'running' && !run.passwordsChanged && leftovers.length === 0) {
+      if (state.state === 'running' && restart === null && leftovers.length === 0) {
         run.agentPid = state.pid;
         return { change: false, detail: `running in the background (pid ${state.pid})` };
       }
-      const what = state.state === 'running' ? `restart it (pid ${state.pid}) with the new password` : state.state === 'different' ? `restart it (pid ${state.pid}) with the new settings` : `start it in the background (log ${files.logFile})`;
+      const what = state.state === 'running' ? `restart it (pid ${state.pid}) ${restart ?? ''}`.trimEnd() : state.state === 'different' ? `restart it (pid ${state.pid}) with the new settings` : `start it in the background (log ${files.logFile})`;
       return { change: true, detail: [...leftovers, what].join(', ') };
     }
     case 'systemd': {
       const unit = systemdAgentUnit(spec, files);
       const changes = [...leftovers, ...(await systemdChanges(files, unit, envFileText(agentEnvironment(spec))))];
-      if (changes.length === 0 && !run.passwordsChanged) return { change: false, detail: `${files.unitName} enabled and running` };
-      return { change: true, detail: changes.length > 0 ? changes.join(', ') : `restart ${files.unitName} with the new password` };
+      if (changes.length === 0 && restart === null) return { change: false, detail: `${files.unitName} enabled and running` };
+      return { change: true, detail: changes.length > 0 ? changes.join(', ') : `restart ${files.unitName} ${restart}` };
     }
     case 'none': {
       const envText = envFileText(agentEnvironment(spec));
@@ -799,7 +843,11 @@ function summarize(run: InstallRun, steps: StepResult[], dryRun: boolean): Insta
     `track a table:   pgtimewarp track <schema.table>   (in SQL: SELECT pgtimewarp_track('<schema.table>');)`,
     `check health:    pgtimewarp doctor`,
   ];
-  if (run.agentMode === 'none') next.unshift(`run the agent:   ${manualAgentCommand(run)}`);
+  const plan = run.attachPlan;
+  for (const n of plan?.notAttached ?? []) next.push(`history not attached: ${describeNotAttached(n)}`);
+  if (run.agentMode === 'none') {
+    next.unshift(`${run.historyAttached ? 'run the agent (restart it if it runs: it reads whose history is whose when it starts)' : 'run the agent'}:   ${manualAgentCommand(run)}`);
+  }
   if (run.agentMode === 'systemd' && runsFromNpxCache()) {
     next.unshift(`the agent's unit runs pgtimewarp from npx's cache, which npm may clear: install it for good (npm install -g pgtimewarp) and run install again`);
   }
@@ -815,6 +863,12 @@ function summarize(run: InstallRun, steps: StepResult[], dryRun: boolean): Insta
     command: 'install', dryRun, changed, message, steps,
     nodeId: run.nodeId, slot: run.slot, plugin: run.plugin,
     source: redactUrl(run.sourceUrlForConfig), store: redactUrl(run.storeUrl), configFile: run.configFile,
-    agent, next,
+    agent,
+    restore: {
+      source: plan?.source ?? 'unregistered',
+      attached: plan?.attach.map((a) => a.table) ?? [],
+      notAttached: plan?.notAttached ?? [],
+    },
+    next,
   };
 }

@@ -8,6 +8,7 @@ import type pg from 'pg';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { lsnFromText } from '../agent/decode.js';
 import type { AgentMode, Plugin } from './config.js';
 import { connParams, errorMessage, isMissingDatabase, quoteIdent, quoteLiteral, withClient, type ConnParams } from './install-sql.js';
 
@@ -21,6 +22,10 @@ export interface SourceFacts {
   major: number;
   systemIdentifier: string;
   database: string;
+  /** The database's OID: with the system identifier, what tells this database from one restored under its name. */
+  databaseOid: string;
+  /** The server's WAL position now (pg_current_wal_lsn). */
+  walLsn: string;
   /** The server's port (current_setting), to tell whether the store is on the same server. */
   port: string;
   /** null when the role may not read it (not a superuser). */
@@ -38,6 +43,8 @@ export interface SourceFacts {
   postgresFdwInstalled: boolean;
   /** The replication slot of our name, wherever it is. */
   slot: { database: string | null; plugin: string | null; active: boolean; activePid: number | null } | null;
+  /** Every logical replication slot on the server, with its database. */
+  logicalSlots: Array<{ name: string; databaseOid: string; database: string }>;
   publicationExists: boolean;
   extension: { version: string; owner: string } | null;
   /** Default version of pgtimewarp among the installed extension files; null when not installed on the server. */
@@ -53,12 +60,15 @@ export async function inspectSource(url: string | undefined, slot: string): Prom
     const one = async <T>(sql: string, params: unknown[] = []): Promise<T> =>
       (await c.query(sql, params)).rows[0] as T;
     const base = await one<{
-      current_user: string; is_super: boolean; version_num: string; sysid: string; db: string; port: string;
-      wal_level: string; max_slots: string; used_slots: string; max_senders: string; used_senders: string;
+      current_user: string; is_super: boolean; version_num: string; sysid: string; db: string; db_oid: string; port: string;
+      wal_lsn: string; wal_level: string; max_slots: string; used_slots: string; max_senders: string; used_senders: string;
     }>(
       `SELECT current_user, r.rolsuper AS is_super, current_setting('server_version_num') AS version_num,
               (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) AS sysid,
-              current_database() AS db, current_setting('port') AS port, current_setting('wal_level') AS wal_level,
+              current_database() AS db,
+              (SELECT oid::text FROM pg_catalog.pg_database WHERE datname = current_database()) AS db_oid,
+              pg_catalog.pg_current_wal_lsn()::text AS wal_lsn,
+              current_setting('port') AS port, current_setting('wal_level') AS wal_level,
               current_setting('max_replication_slots') AS max_slots,
               (SELECT count(*) FROM pg_catalog.pg_replication_slots)::text AS used_slots,
               current_setting('max_wal_senders') AS max_senders,
@@ -89,6 +99,10 @@ export async function inspectSource(url: string | undefined, slot: string): Prom
       `SELECT database, plugin, active, active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
       [slot],
     );
+    const logicalSlots = await c.query<{ name: string; database_oid: string; database: string }>(
+      `SELECT slot_name AS name, datoid::text AS database_oid, database FROM pg_catalog.pg_replication_slots
+        WHERE slot_type = 'logical' ORDER BY slot_name`,
+    );
     const pub = await c.query(`SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = 'pgtimewarp'`);
     const extRow = await one<{ version: string; owner: string } | undefined>(
       `SELECT e.extversion AS version, r.rolname AS owner
@@ -108,6 +122,8 @@ export async function inspectSource(url: string | undefined, slot: string): Prom
       major: Math.floor(versionNum / 10000),
       systemIdentifier: base.sysid,
       database: base.db,
+      databaseOid: base.db_oid,
+      walLsn: base.wal_lsn,
       port: base.port,
       dataDirectory,
       walLevel: base.wal_level,
@@ -125,6 +141,7 @@ export async function inspectSource(url: string | undefined, slot: string): Prom
       slot: slotRow === undefined ? null : {
         database: slotRow.database, plugin: slotRow.plugin, active: slotRow.active, activePid: slotRow.active_pid,
       },
+      logicalSlots: logicalSlots.rows.map((r) => ({ name: r.name, databaseOid: r.database_oid, database: r.database })),
       publicationExists: (pub.rowCount ?? 0) > 0,
       extension: extRow ?? null,
       availableVersion: ours?.default_version ?? null,
@@ -173,10 +190,54 @@ export interface StoreFacts {
   schemaExists: boolean;
   /** Ids of the migrations already applied (postgres-migrations' table). */
   appliedMigrations: number[];
-  /** The store's row for our node, when there is one. */
-  node: { databaseName: string | null; systemIdentifier: string | null } | null;
+  /** The store's row for our node, when there is one: the source database its history was recorded from. */
+  node: NodeRecord | null;
   /** The agent's checkpoint for our node: history exists up to this LSN. */
   checkpointLsn: string | null;
+  /** The slot the agent that wrote the checkpoint read. */
+  checkpointSlot: string | null;
+}
+
+/** The database a node's history was recorded from, as the store's nodes row says. */
+export interface NodeRecord {
+  databaseName: string | null;
+  systemIdentifier: string | null;
+  /** null for a node registered before store migration 4, or by the agent or the extension. */
+  databaseOid: string | null;
+}
+
+/**
+ * How the source database stands to the one the node's history was
+ * recorded from:
+ * - 'unregistered': the store has no such node yet;
+ * - 'recorded': it is that database (the same cluster and database OID;
+ *   the same name when no OID was recorded);
+ * - 'restored': another database that says it is the node: its
+ *   pgtimewarp.config, which only a superuser can write, came with a dump of
+ *   the node's database.  Its tables have new OIDs: install attaches their
+ *   history to them (install-restore.ts);
+ * - 'other': another database that does not say so; giving it the node
+ *   would mix two databases' histories.
+ * A database whose table was merely dropped and created again is 'recorded':
+ * nothing is attached by name there.
+ */
+export type NodeSource = 'unregistered' | 'recorded' | 'restored' | 'other';
+
+export function nodeSource(
+  source: Pick<SourceFacts, 'systemIdentifier' | 'database' | 'databaseOid' | 'configuredNodeId'>,
+  node: NodeRecord | null,
+  nodeId: string,
+): NodeSource {
+  if (node === null) return 'unregistered';
+  const same = node.systemIdentifier === source.systemIdentifier &&
+    (node.databaseOid !== null ? node.databaseOid === source.databaseOid : node.databaseName === source.database);
+  if (same) return 'recorded';
+  return source.configuredNodeId === nodeId ? 'restored' : 'other';
+}
+
+/** "database "app" (OID 16384) of system 7300..." */
+export function describeNodeRecord(node: NodeRecord): string {
+  return `database ${JSON.stringify(node.databaseName ?? '?')}${node.databaseOid !== null ? ` (OID ${node.databaseOid})` : ''} of system ${node.systemIdentifier ?? '?'}`;
 }
 
 /** Maintenance databases to create the store database from, in order of preference. */
@@ -186,7 +247,7 @@ export async function inspectStore(url: string, nodeId: string): Promise<StoreFa
   const params = connParams(url);
   const facts: StoreFacts = {
     params, unreachable: null, databaseExists: false, isSuperuser: false, canCreateRole: false, canCreateDb: false,
-    systemIdentifier: '', port: '', schemaExists: false, appliedMigrations: [], node: null, checkpointLsn: null,
+    systemIdentifier: '', port: '', schemaExists: false, appliedMigrations: [], node: null, checkpointLsn: null, checkpointSlot: null,
   };
   let inStore = true;
   try {
@@ -234,16 +295,23 @@ async function readStore(url: string, maintenanceDb: string | undefined, nodeId:
     facts.schemaExists = (schema.rowCount ?? 0) > 0;
     facts.appliedMigrations = await appliedMigrations(c);
     if (facts.schemaExists) {
-      const node = (await c.query<{ database_name: string | null; system_identifier: string | null }>(
-        `SELECT database_name, system_identifier FROM pgtimewarp_store.nodes WHERE node_id = $1`, [nodeId],
-      )).rows[0];
-      facts.node = node === undefined ? null : { databaseName: node.database_name, systemIdentifier: node.system_identifier };
-      const cp = (await c.query<{ lsn: string }>(
-        `SELECT confirmed_lsn::text AS lsn FROM pgtimewarp_store.wal_checkpoints WHERE node_id = $1`, [nodeId],
+      facts.node = await readNodeRecord(c, nodeId);
+      const cp = (await c.query<{ lsn: string; slot: string }>(
+        `SELECT confirmed_lsn::text AS lsn, slot_name AS slot FROM pgtimewarp_store.wal_checkpoints WHERE node_id = $1`, [nodeId],
       )).rows[0];
       facts.checkpointLsn = cp?.lsn ?? null;
+      facts.checkpointSlot = cp?.slot ?? null;
     }
   }, { database: maintenanceDb, what: 'the store server' });
+}
+
+/** The store's nodes row of `nodeId`; database_oid read so that a store not yet migrated to 4 reads as NULL. */
+export async function readNodeRecord(c: pg.Client, nodeId: string): Promise<NodeRecord | null> {
+  const row = (await c.query<{ database_name: string | null; system_identifier: string | null; database_oid: string | null }>(
+    `SELECT n.database_name, n.system_identifier, pg_catalog.to_jsonb(n) ->> 'database_oid' AS database_oid
+       FROM pgtimewarp_store.nodes n WHERE n.node_id = $1`, [nodeId],
+  )).rows[0];
+  return row === undefined ? null : { databaseName: row.database_name, systemIdentifier: row.system_identifier, databaseOid: row.database_oid };
 }
 
 /** Ids of the migrations postgres-migrations recorded as applied (its own bookkeeping one is 0); none when it never ran. */
@@ -454,6 +522,7 @@ export function findProblems(source: SourceFacts, store: StoreFacts, tools: Buil
   }
 
   // the slot, the node and the history they guard
+  const origin = nodeSource(source, store.node, choices.nodeId);
   if (source.slot !== null) {
     if (source.slot.database !== source.database) {
       problems.push({
@@ -466,7 +535,9 @@ export function findProblems(source: SourceFacts, store: StoreFacts, tools: Buil
         fix: `pass --plugin ${source.slot.plugin}, or "pgtimewarp uninstall" first to start over with ${choices.plugin}`,
       });
     }
-  } else if (store.checkpointLsn !== null) {
+  } else if (store.checkpointLsn !== null && origin !== 'restored') {
+    // (a restored database has no slot yet: its history goes on from the
+    // store's, with a slot of its own; see the restore problems below)
     problems.push({
       what: `replication slot "${choices.slot}" is gone, but the store has history of node "${choices.nodeId}" up to ${store.checkpointLsn} (an earlier installation, or a lost slot): changes since then were never recorded, and a new slot under the same node would hide that gap`,
       fix: 'pass --node <a new id> to start a new history next to the old one, or delete the old one with "pgtimewarp uninstall --drop-store"; "pgtimewarp doctor" explains a lost slot',
@@ -478,12 +549,13 @@ export function findProblems(source: SourceFacts, store: StoreFacts, tools: Buil
       fix: `pass --node ${source.configuredNodeId} (or leave --node out)`,
     });
   }
-  if (store.node !== null && (store.node.systemIdentifier !== source.systemIdentifier || store.node.databaseName !== source.database)) {
+  if (origin === 'other') {
     problems.push({
-      what: `node "${choices.nodeId}" in the store belongs to database "${store.node.databaseName}" of system ${store.node.systemIdentifier}, not to this source ("${source.database}" of system ${source.systemIdentifier})`,
+      what: `node "${choices.nodeId}" in the store belongs to ${describeNodeRecord(store.node!)}, not to this source ("${source.database}" of system ${source.systemIdentifier})`,
       fix: 'pass --node <an id of its own> for this source',
     });
   }
+  if (origin === 'restored') problems.push(...restoreProblems(source, store, choices.nodeId));
 
   // the store
   if (store.unreachable !== null) {
@@ -501,6 +573,42 @@ export function findProblems(source: SourceFacts, store: StoreFacts, tools: Buil
     problems.push({ what: '--agent systemd: systemd is not running on this machine (no /run/systemd/system)', fix: 'use --agent background (a managed background process) or --agent none (run the agent yourself)' });
   }
   return { problems, settings, packages: [...new Set(packages)] };
+}
+
+/**
+ * What stands in the way of going on with a node's history in a database
+ * restored from a dump of the node's database.  History is ordered by LSN,
+ * so this server's WAL must be past the node's history (a new cluster's WAL
+ * starts far behind an old one's).  And the old database must be done: its
+ * agent, reading its own slot, would go on writing the same node.  Only a
+ * slot on this server can be seen; one elsewhere is the operator's to retire.
+ */
+function restoreProblems(source: SourceFacts, store: StoreFacts, nodeId: string): Problem[] {
+  const problems: Problem[] = [];
+  const node = store.node!;
+  const from = describeNodeRecord(node);
+  if (store.checkpointLsn !== null && lsnFromText(source.walLsn) <= lsnFromText(store.checkpointLsn)) {
+    problems.push({
+      what: `this database says it is node "${nodeId}" (pgtimewarp.config, restored from a dump of ${from}), whose history goes up to LSN ${store.checkpointLsn}, ` +
+        `but this server's WAL is only at ${source.walLsn}: history is ordered by LSN, and this server's changes would sort before the history they follow`,
+      fix: `restore into a server whose WAL is past ${store.checkpointLsn}, or start a new history here: SELECT pgtimewarp_configure('<a new node id>'); in this database, ` +
+        `run install again and track its tables again (node "${nodeId}"'s history stays in the store)`,
+    });
+  }
+  if (node.systemIdentifier === source.systemIdentifier) {
+    const oldSlot = source.logicalSlots.find((s) =>
+      (node.databaseOid !== null ? s.databaseOid === node.databaseOid : s.database === node.databaseName) &&
+      s.databaseOid !== source.databaseOid && (store.checkpointSlot === null || s.name === store.checkpointSlot));
+    if (oldSlot !== undefined) {
+      problems.push({
+        what: `this database says it is node "${nodeId}" (pgtimewarp.config, restored from a dump), but the database the node's history comes from, "${oldSlot.database}", ` +
+          `still has its replication slot "${oldSlot.name}" on this server: its agent would go on writing the node's history alongside this database's`,
+        fix: `retire the old installation first: pgtimewarp uninstall --source <the URL of database "${oldSlot.database}"> (the history stays in the store); ` +
+          `or, to keep both, give this database a node of its own: SELECT pgtimewarp_configure('<a new node id>'); in it, then run install again`,
+      });
+    }
+  }
+  return problems;
 }
 
 function settingLiteral(s: SettingFix): string {

@@ -4,7 +4,8 @@
 // unit is checked here, as text, and its start against a stand-in for
 // systemctl and journalctl), the wait for a started agent to stream, the
 // SCRAM verifiers the roles get, the derived node id and the agent's URLs,
-// and how URLs are printed without their passwords.
+// how URLs are printed without their passwords, and how a database restored
+// from a dump is told from one whose table was dropped and created again.
 
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -19,7 +20,10 @@ import {
 } from '../../installer/agent-service.js';
 import { deriveNodeId } from '../../installer/install.js';
 import { redactUrl, urlWithCredentials } from '../../installer/install-sql.js';
-import { findProblems, formatProblems, type BuildTools, type Choices, type SourceFacts, type StoreFacts } from '../../installer/prereq.js';
+import { planAttach, type Incarnation } from '../../installer/install-restore.js';
+import {
+  findProblems, formatProblems, nodeSource, type BuildTools, type Choices, type NodeRecord, type SourceFacts, type StoreFacts,
+} from '../../installer/prereq.js';
 import { describeConnection } from '../../installer/query-connection.js';
 import { passwordMatches, scramVerifier, storeGrants } from '../../installer/roles.js';
 
@@ -28,11 +32,11 @@ const params = { host: '127.0.0.1', port: 5432, database: 'app', user: 'postgres
 function source(over: Partial<SourceFacts> = {}): SourceFacts {
   return {
     params, currentUser: 'postgres', isSuperuser: true, serverVersionNum: 150020, major: 15,
-    systemIdentifier: '7300000000000000001', database: 'app', port: '5432', dataDirectory: '/var/lib/postgresql/15/main',
+    systemIdentifier: '7300000000000000001', database: 'app', databaseOid: '16384', walLsn: '0/5000000', port: '5432', dataDirectory: '/var/lib/postgresql/15/main',
     walLevel: 'logical', outputPluginLibraries: null, maxReplicationSlots: 10, usedReplicationSlots: 0,
     maxWalSenders: 10, usedWalSenders: 0,
     serverDirs: { bindir: '/usr/lib/postgresql/15/bin', sharedir: '/usr/share/postgresql/15', pkglibdir: '/usr/lib/postgresql/15/lib' },
-    postgresFdwAvailable: true, postgresFdwInstalled: false, slot: null, publicationExists: false, extension: null,
+    postgresFdwAvailable: true, postgresFdwInstalled: false, slot: null, logicalSlots: [], publicationExists: false, extension: null,
     availableVersion: '0.1', configuredNodeId: null, local: { ok: true, reason: 'here' },
     ...over,
   };
@@ -42,7 +46,7 @@ function store(over: Partial<StoreFacts> = {}): StoreFacts {
   return {
     params: { ...params, database: 'pgtimewarp' }, unreachable: null, databaseExists: false, isSuperuser: true,
     canCreateRole: true, canCreateDb: true, systemIdentifier: '7300000000000000001', port: '5432',
-    schemaExists: false, appliedMigrations: [], node: null, checkpointLsn: null,
+    schemaExists: false, appliedMigrations: [], node: null, checkpointLsn: null, checkpointSlot: null,
     ...over,
   };
 }
@@ -141,7 +145,7 @@ describe('findProblems', () => {
     expect(gap.problems[0]!.what).toMatch(/slot "pgtimewarp" is gone, but the store has history of node "n1" up to 0\/1234/);
     const renamed = findProblems(source({ configuredNodeId: 'old' }), store(), tools, choices({ nodeId: 'new' }));
     expect(renamed.problems[0]!.fix).toBe('pass --node old (or leave --node out)');
-    const taken = findProblems(source(), store({ node: { databaseName: 'crm', systemIdentifier: '1' } }), tools, choices());
+    const taken = findProblems(source(), store({ node: { databaseName: 'crm', systemIdentifier: '1', databaseOid: null } }), tools, choices());
     expect(taken.problems[0]!.fix).toBe('pass --node <an id of its own> for this source');
   });
 
@@ -153,6 +157,96 @@ describe('findProblems', () => {
     expect(message).toContain('wal_level is minimal');
     expect(message).toContain('cannot reach the store: connection refused');
     expect(message).toContain('use --agent background');
+  });
+});
+
+describe('a database restored from a dump of the node\'s', () => {
+  const recorded: NodeRecord = { databaseName: 'app', systemIdentifier: '7300000000000000001', databaseOid: '16384' };
+  // pg_restore into a database of the same name on the same server: only the OID differs
+  const restoredHere = source({ databaseOid: '24576', configuredNodeId: 'n1' });
+
+  it('is the one whose pgtimewarp.config names the node, and whose cluster or database OID is not the recorded one', () => {
+    expect(nodeSource(source(), null, 'n1')).toBe('unregistered');
+    expect(nodeSource(source({ configuredNodeId: 'n1' }), recorded, 'n1')).toBe('recorded');
+    expect(nodeSource(source({ database: 'renamed' }), recorded, 'n1')).toBe('recorded'); // ALTER DATABASE RENAME
+    expect(nodeSource(source(), { ...recorded, databaseOid: null }, 'n1')).toBe('recorded'); // a node from before the OID was kept
+    expect(nodeSource(source({ database: 'other' }), { ...recorded, databaseOid: null }, 'n1')).toBe('other');
+    expect(nodeSource(restoredHere, recorded, 'n1')).toBe('restored');
+    expect(nodeSource(source({ systemIdentifier: '7399999999999999999', configuredNodeId: 'n1' }), recorded, 'n1')).toBe('restored');
+    // another database that does not say it is the node
+    expect(nodeSource(source({ databaseOid: '24576' }), recorded, 'n1')).toBe('other');
+  });
+
+  it('needs no slot of its own yet, but a WAL past the history and the old database retired', () => {
+    const history = store({ node: recorded, checkpointLsn: '0/4000000', checkpointSlot: 'pgtimewarp' });
+    expect(findProblems(restoredHere, history, tools, choices()).problems).toEqual([]);
+    // the same database, slot lost: still the gap it always was
+    expect(findProblems(source({ configuredNodeId: 'n1' }), history, tools, choices()).problems[0]!.what).toMatch(/slot "pgtimewarp" is gone/);
+    expect(findProblems(source({ databaseOid: '24576' }), history, tools, choices()).problems.map((p) => p.fix)).toContain('pass --node <an id of its own> for this source');
+
+    const behind = findProblems({ ...restoredHere, walLsn: '0/3000000' }, history, tools, choices()).problems;
+    expect(behind).toHaveLength(1);
+    expect(behind[0]!.what).toMatch(/history goes up to LSN 0\/4000000, but this server's WAL is only at 0\/3000000/);
+    expect(behind[0]!.fix).toMatch(/SELECT pgtimewarp_configure\('<a new node id>'\)/);
+
+    const oldStillThere = findProblems(
+      { ...restoredHere, database: 'app_copy', logicalSlots: [{ name: 'pgtimewarp', databaseOid: '16384', database: 'app' }] }, history, tools, choices(),
+    ).problems;
+    expect(oldStillThere).toHaveLength(1);
+    expect(oldStillThere[0]!.what).toMatch(/"app", still has its replication slot "pgtimewarp"/);
+    expect(oldStillThere[0]!.fix).toMatch(/^retire the old installation first: pgtimewarp uninstall/);
+  });
+
+  const incarnation = (over: Partial<Incarnation>): Incarnation => ({
+    relationId: 1, name: 'public.accounts', relid: '16390', pkColumns: ['id'], relidIsTable: false,
+    named: { oid: '24600', pkColumns: ['id'] }, ...over,
+  });
+
+  it('gets the history of each table of its name attached, with the same primary key', () => {
+    const plan = planAttach('restored', recorded, restoredHere, [
+      incarnation({}),
+      incarnation({ relationId: 2, name: 'public.orders', relid: '16400', named: { oid: '24610', pkColumns: ['region', 'id'] }, pkColumns: ['id'] }),
+      incarnation({ relationId: 3, name: 'public.gone', relid: '16410', named: null }),
+      incarnation({ relationId: 4, name: 'public.same', relid: '24620', relidIsTable: true, named: { oid: '24620', pkColumns: ['id'] } }),
+      // two live incarnations of one name: pgtimewarp_attach takes the latest
+      incarnation({ relationId: 5, name: 'public.twice', relid: '16420', named: { oid: '24630', pkColumns: ['id'] } }),
+      incarnation({ relationId: 6, name: 'public.twice', relid: '16430', named: { oid: '24630', pkColumns: ['id'] } }),
+    ]);
+    expect(plan.recordSource).toBe(true);
+    expect(plan.attach).toEqual([
+      { relationId: 1, table: 'public.accounts', oid: '24600' },
+      { relationId: 6, table: 'public.twice', oid: '24630' },
+    ]);
+    expect(plan.notAttached).toEqual([
+      { table: 'public.gone', reason: 'no table of that name in this database', fix: null, command: null },
+      {
+        table: 'public.orders',
+        reason: "its history is keyed by (id), the table's primary key is (region, id)",
+        fix: "restore the primary key, then: SELECT pgtimewarp_attach('public.orders');",
+        command: "SELECT pgtimewarp_attach('public.orders');",
+      },
+    ]);
+  });
+
+  it('in the database the history was recorded from, attaches nothing and says what would', () => {
+    const here = source({ configuredNodeId: 'n1' });
+    const plan = planAttach('recorded', recorded, here, [
+      incarnation({}), // dropped, and a table created under its name (the agent has not seen the drop yet)
+      incarnation({ relationId: 2, name: 'public.kept', relid: '16400', relidIsTable: true, named: { oid: '16400', pkColumns: ['id'] } }),
+      incarnation({ relationId: 3, name: 'public.dropped', relid: '16410', named: null }),
+    ]);
+    expect(plan.attach).toEqual([]);
+    expect(plan.recordSource).toBe(false);
+    expect(plan.notAttached).toHaveLength(1);
+    expect(plan.notAttached[0]!.table).toBe('public.accounts');
+    expect(plan.notAttached[0]).toEqual({
+      table: 'public.accounts',
+      reason: 'its history was recorded from table OID 16390, which no longer exists, and public.accounts (OID 24600) was created under that name since',
+      fix: "if it is that table restored from a dump: SELECT pgtimewarp_attach('public.accounts');",
+      command: "SELECT pgtimewarp_attach('public.accounts');",
+    });
+    // a node registered without the database's OID gets it
+    expect(planAttach('recorded', { ...recorded, databaseOid: null }, here, []).recordSource).toBe(true);
   });
 });
 

@@ -83,7 +83,7 @@ describe('values through the agent on pgoutput', () => {
 });
 
 describe('health events', () => {
-  it('records a tracked table that was dropped, once', async () => {
+  it('records a tracked table that was dropped, once, and ends its history there', async () => {
     const { source } = timewarp;
     await source.query(`CREATE TABLE gone_soon (id int PRIMARY KEY)`);
     await source.query(`SELECT pgtimewarp_track('gone_soon')`);
@@ -93,16 +93,21 @@ describe('health events', () => {
       const events = async (): Promise<Array<{ severity: string; kind: string; message: string }>> =>
         (await store.query<{ severity: string; kind: string; message: string }>(
           `SELECT severity, kind, message FROM pgtimewarp_store.health_events
-            WHERE node_id = $1 AND kind = 'tracked_table_missing'`,
+            WHERE node_id = $1 AND kind IN ('tracked_table_dropped', 'tracked_table_missing')`,
           [timewarp.nodeId],
         )).rows;
-      await waitFor('a tracked_table_missing event', async () => (await events()).length > 0, 30_000);
-      // several heartbeats later, still one event: it is reported when it appears
+      await waitFor('a tracked_table_dropped event', async () => (await events()).length > 0, 30_000);
+      // several heartbeats and health checks later, still one event: the agent
+      // saw the drop in the extension's DDL log, so the table is not missing
       await new Promise((r) => setTimeout(r, 1000));
       expect(await events()).toEqual([{
-        severity: 'warning', kind: 'tracked_table_missing',
-        message: 'tracked table public.gone_soon no longer exists in the source (dropped or renamed); its history stays in the store',
+        severity: 'info', kind: 'tracked_table_dropped',
+        message: expect.stringMatching(/^tracked table public\.gone_soon was dropped at [0-9A-F]+\/[0-9A-F]+; its history up to then stays in the store$/),
       }]);
+      const incarnation = await store.query<{ ended: boolean }>(
+        `SELECT dropped_lsn IS NOT NULL AND untracked_lsn = dropped_lsn AS ended
+           FROM pgtimewarp_store.tracked_relations WHERE node_id = $1 AND table_name = 'gone_soon'`, [timewarp.nodeId]);
+      expect(incarnation.rows).toEqual([{ ended: true }]);
     } finally {
       await store.end();
     }

@@ -79,7 +79,10 @@ afterAll(async () => {
 describe('StoreWriter', () => {
   it('knows the tracked table from the store, and has no checkpoint yet', async () => {
     expect(await writer.trackedTables()).toEqual([
-      { schema: 'public', table: 'docs', pkColumns: ['id'], trackedFromLsn: trackedFrom, untrackedLsn: null },
+      {
+        relationId: expect.any(Number), relid: expect.any(Number), schema: 'public', table: 'docs', pkColumns: ['id'],
+        columns: { 1: 'id', 2: 'title', 3: 'body' }, trackedFromLsn: trackedFrom, untrackedLsn: null,
+      },
     ]);
     expect(await writer.checkpoint()).toBeNull();
   });

@@ -2728,7 +2728,8 @@ pgtimewarp_attach(PG_FUNCTION_ARGS)
 			(errmsg("the history of %s since %s now belongs to table %s (OID %u)",
 					target.display_name, timestamptz_to_cstring(existing->from_ts),
 					target.display_name, target.relid),
-			 errdetail("It was recorded from the table with OID %u.", existing->relid)));
+			 errdetail("It was recorded from the table with OID %u.", existing->relid),
+			 errhint("Restart the pgtimewarp agent, which knows tables by OID from when it started (\"pgtimewarp install\" does).")));
 	PG_RETURN_VOID();
 }
 

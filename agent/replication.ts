@@ -505,7 +505,7 @@ export function quoteIdentifier(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
 }
 
-function quoteLiteral(value: string): string {
+export function quoteLiteral(value: string): string {
   if (value.includes('\0')) throw new Error(`invalid option value ${JSON.stringify(value)}`);
   return `'${value.replace(/'/g, "''")}'`;
 }

@@ -21,7 +21,7 @@ import {
   FailureStreak, POISON_ATTEMPTS, SKIP_CHANNEL, Throttle, TransactionFailure, catalogShows, failsEveryTime, gapTables,
   loadSkips, poisonMessage, recordPoison, recordSkip, skippedTransaction, tableList,
 } from './poison.js';
-import { ReplicationStream, type ReplicationMessage } from './replication.js';
+import { ReplicationStream, quoteIdentifier, quoteLiteral, type ReplicationMessage } from './replication.js';
 import { Wal2jsonDecoder, Wal2jsonError, wal2jsonOptions, type CatalogColumn } from './wal2json.js';
 import { StoreWriteError, StoreWriter, type Checkpoint } from './writer.js';
 
@@ -590,6 +590,11 @@ async function runSession(
   }
 }
 
+/** An identifier as SQL wants it: as it is when it needs no quotes, else quoted. */
+function sqlIdentifier(name: string): string {
+  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : quoteIdentifier(name);
+}
+
 function describeChange(c: IdentityChange): string {
   if (c.kind === 'renamed') return `${c.oldSchema}.${c.oldTable} renamed to ${c.schema}.${c.table}`;
   if (c.kind === 'dropped') return `${c.schema}.${c.table} dropped`;
@@ -901,11 +906,13 @@ async function refuseHistoryGaps(source: pg.Client, opts: AgentOptions, tables: 
   const gaps = tables.filter((t) => t.trackedFromLsn < start);
   if (gaps.length === 0) return;
   const names = gaps.map((t) => `${t.schema}.${t.table}`);
+  // as regclass literals: a name with capitals, spaces or quotes must still work pasted into psql
+  const literals = gaps.map((t) => quoteLiteral(`${sqlIdentifier(t.schema)}.${sqlIdentifier(t.table)}`));
   throw new AgentFatalError(
     `${names.join(', ')} began tracking before replication slot "${opts.slot}" existed (the slot starts at ` +
       `${lsnToText(start)}), so changes made in between were never streamed and history would have a gap. ` +
       `Track again now that the slot exists: ` +
-      names.map((n) => `SELECT pgtimewarp_untrack('${n}'); SELECT pgtimewarp_forget('${n}'); SELECT pgtimewarp_track('${n}');`).join(' '),
+      literals.map((n) => `SELECT pgtimewarp_untrack(${n}); SELECT pgtimewarp_forget(${n}); SELECT pgtimewarp_track(${n});`).join(' '),
   );
 }
 

@@ -23,37 +23,24 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { describeFailure, runProgram, serverBinDir, serverEnv } from '../../installer/local-cluster.js';
 import type { Cluster } from '../support/cluster.js';
 import { alive } from '../support/process.js';
-import { cleanEnv, runCli, type CliResult } from '../support/run-cli.js';
+import { cleanEnv, parsedJson, runCli, type CliResult, type InstallStep } from '../support/run-cli.js';
 import { useCluster } from '../support/use-cluster.js';
 import { waitFor } from '../support/wait.js';
 
 const cluster = useCluster();
 
-interface JsonStep {
-  id: string;
-  status: 'changed' | 'unchanged' | 'skipped' | 'would-change';
-  detail: string;
-}
-
 interface InstallJson {
   ok: boolean;
   changed: boolean;
-  steps: JsonStep[];
+  steps: InstallStep[];
   nodeId: string;
   agent: { pid?: number; pidFile?: string };
   restore: { source: string; attached: string[]; notAttached: Array<{ table: string; reason: string; fix: string | null; command: string | null }> };
   next: string[];
 }
 
-function parsed<T>(run: CliResult): T {
-  try {
-    return JSON.parse(run.stdout) as T;
-  } catch {
-    throw new Error(`not JSON (exit code ${run.code}):\n${run.stdout}\n${run.stderr}`);
-  }
-}
 
-function step(result: InstallJson, id: string): JsonStep {
+function step(result: InstallJson, id: string): InstallStep {
   const found = result.steps.find((s) => s.id === id);
   if (found === undefined) throw new Error(`no step ${id} in ${JSON.stringify(result.steps.map((s) => s.id))}`);
   return found;
@@ -85,7 +72,7 @@ describe('pgtimewarp install after pg_dump and pg_restore', () => {
   async function installJson(...extra: string[]): Promise<InstallJson> {
     const run = await install(...extra, '--json');
     expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
-    const result = parsed<InstallJson>(run);
+    const result = parsedJson<InstallJson>(run);
     if (result.agent.pid !== undefined) agentPids.add(result.agent.pid);
     return result;
   }

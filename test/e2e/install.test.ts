@@ -31,6 +31,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { queryUnlogged } from '../../installer/install-sql.js';
 import { startCluster, type Cluster } from '../support/cluster.js';
 import { alive } from '../support/process.js';
+import { parsedJson, type InstallStep } from '../support/run-cli.js';
 import { useCluster } from '../support/use-cluster.js';
 import { waitFor } from '../support/wait.js';
 
@@ -58,32 +59,18 @@ function cli(args: string[], configDir: string): Promise<CliRun> {
   });
 }
 
-interface JsonStep {
-  id: string;
-  status: 'changed' | 'unchanged' | 'skipped' | 'would-change';
-  detail: string;
-}
-
 interface InstallJson {
   ok: boolean;
   changed: boolean;
   dryRun: boolean;
   message: string;
-  steps: JsonStep[];
+  steps: InstallStep[];
   nodeId: string;
   agent: { mode: string; pid?: number; pidFile?: string; logFile?: string; envFile?: string };
 }
 
-/** The JSON a --json run printed; fails with the run's output when it is not. */
-function parsed<T>(run: CliRun): T {
-  try {
-    return JSON.parse(run.stdout) as T;
-  } catch {
-    throw new Error(`not JSON (exit code ${run.code}):\n${run.stdout}\n${run.stderr}`);
-  }
-}
 
-function statusOf(result: { steps: JsonStep[] }, id: string): string | undefined {
+function statusOf(result: { steps: InstallStep[] }, id: string): string | undefined {
   return result.steps.find((s) => s.id === id)?.status;
 }
 
@@ -136,7 +123,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
 
     const run = await cli(['install', '--source', sourceUrl, '--store', storeUrl, '--agent', 'background', '--dry-run', '--json'], configDir);
     expect(run.code, run.stderr).toBe(0);
-    const plan = parsed<InstallJson>(run);
+    const plan = parsedJson<InstallJson>(run);
     expect(plan.dryRun).toBe(true);
     expect(plan.changed).toBe(true);
     for (const id of ['config', 'store-database', 'store-schema', 'roles', 'grants', 'publication', 'slot', 'extension', 'fdw-server', 'user-mapping', 'node', 'agent']) {
@@ -153,7 +140,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
     const c = cluster();
     const run = await cli(['install', '--source', sourceUrl, '--store', storeUrl, '--agent', 'background', '--yes', '--json'], configDir);
     expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
-    installed = parsed<InstallJson>(run);
+    installed = parsedJson<InstallJson>(run);
     expect(installed.changed).toBe(true);
     for (const id of ['config', 'store-database', 'store-schema', 'roles', 'grants', 'publication', 'slot', 'extension', 'fdw-server', 'user-mapping', 'node', 'agent']) {
       expect(statusOf(installed, id), id).toBe('changed');
@@ -238,7 +225,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
 
     const run = await cli(['install', '--json'], configDir);
     expect(run.code, run.stderr).toBe(0);
-    const again = parsed<InstallJson>(run);
+    const again = parsedJson<InstallJson>(run);
     expect(again.changed).toBe(false);
     expect(again.steps.filter((s) => s.status !== 'unchanged' && s.status !== 'skipped')).toEqual([]);
     expect(again.nodeId).toBe(installed.nodeId);
@@ -262,7 +249,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
 
     const run = await cli(['install', '--json'], configDir);
     expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
-    const repaired = parsed<InstallJson>(run);
+    const repaired = parsedJson<InstallJson>(run);
     expect(repaired.steps.filter((s) => s.status === 'changed').map((s) => s.id)).toEqual(['grants', 'user-mapping', 'agent']);
     expect(repaired.steps.find((s) => s.id === 'grants')!.detail).toContain('INSERT on nodes to pgtimewarp_fdw');
     expect(repaired.agent.pid).not.toBe(installed.agent.pid);
@@ -281,7 +268,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
     const c = cluster();
     const run = await cli(['uninstall', '--yes', '--json'], configDir);
     expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
-    const result = parsed<{ changed: boolean; steps: JsonStep[]; message: string }>(run);
+    const result = parsedJson<{ changed: boolean; steps: InstallStep[]; message: string }>(run);
     expect(result.changed).toBe(true);
     expect(statusOf(result, 'store')).toBe('skipped');
     expect(result.message).toMatch(/history stays in the store/);
@@ -296,7 +283,7 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
     // nothing left to do, however often it runs (the config file is gone: flags now)
     const again = await cli(['uninstall', '--source', sourceUrl, '--store', storeUrl, '--json'], configDir);
     expect(again.code, again.stderr).toBe(0);
-    const second = parsed<{ changed: boolean; steps: JsonStep[]; message: string }>(again);
+    const second = parsedJson<{ changed: boolean; steps: InstallStep[]; message: string }>(again);
     expect(second.changed).toBe(false);
     expect(second.message).toMatch(/^nothing to do/);
   });
@@ -331,7 +318,7 @@ describe('pgtimewarp install against wal_level = replica, with the store on anot
 
     const run = await cli([...args, '--restart', '--plugin', 'wal2json', '--agent', 'none', '--json'], configDir);
     expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
-    const result = parsed<InstallJson>(run);
+    const result = parsedJson<InstallJson>(run);
     expect(statusOf(result, 'settings')).toBe('changed');
     expect(statusOf(result, 'publication')).toBe('skipped'); // wal2json needs none
     expect(statusOf(result, 'verify')).toBe('unchanged'); // postgres_fdw and the agent's role reach the other server
@@ -348,7 +335,7 @@ describe('pgtimewarp install against wal_level = replica, with the store on anot
     // and uninstall --drop-store clears both servers
     const gone = await cli(['uninstall', '--drop-store', '--yes', '--json'], configDir);
     expect(gone.code, `${gone.stdout}\n${gone.stderr}`).toBe(0);
-    expect(statusOf(parsed<{ steps: JsonStep[] }>(gone), 'store')).toBe('changed');
+    expect(statusOf(parsedJson<{ steps: InstallStep[] }>(gone), 'store')).toBe('changed');
     expect(await footprint(c, 'app', 'elsewhere')).toEqual(NOTHING);
     expect(await footprint(storeServer, 'postgres', 'elsewhere')).toEqual({ ...NOTHING, storeDatabase: '0' });
     expect(existsSync(result.agent.envFile!)).toBe(false);
@@ -381,14 +368,14 @@ describe('passwords never reach the server log', () => {
     await c.psql(`ALTER ROLE pgtimewarp_fdw PASSWORD 'drifted'`);
     const repair = await cli(args, configDir);
     expect(repair.code, `${repair.stdout}\n${repair.stderr}`).toBe(0);
-    expect(parsed<InstallJson>(repair).steps.filter((s) => s.status === 'changed').map((s) => s.id)).toEqual(['roles', 'user-mapping']);
+    expect(parsedJson<InstallJson>(repair).steps.filter((s) => s.status === 'changed').map((s) => s.id)).toEqual(['roles', 'user-mapping']);
     expect(await value(c, `SELECT array_to_string(umoptions, ',') FROM pg_user_mappings WHERE srvname = 'pgtimewarp_store'`, 'app'))
       .toBe(`user=pgtimewarp_fdw,password=${config.fdwPassword}`);
     // and the mapping gone altogether: made again
     await c.psql('DROP USER MAPPING FOR postgres SERVER pgtimewarp_store', 'app');
     const remake = await cli(args, configDir);
     expect(remake.code, `${remake.stdout}\n${remake.stderr}`).toBe(0);
-    expect(statusOf(parsed<InstallJson>(remake), 'user-mapping')).toBe('changed');
+    expect(statusOf(parsedJson<InstallJson>(remake), 'user-mapping')).toBe('changed');
 
     // a statement carrying a password that fails: the error says why, and neither it nor the log repeats the password
     const client = await c.connect('app');

@@ -55,3 +55,19 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = cleanEnv(), time
     });
   });
 }
+
+/** The JSON a --json run printed; fails with the run's output when it is not. */
+export function parsedJson<T>(run: CliResult): T {
+  try {
+    return JSON.parse(run.stdout) as T;
+  } catch {
+    throw new Error(`not JSON (exit code ${run.code}):\n${run.stdout}\n${run.stderr}`);
+  }
+}
+
+/** One step of `pgtimewarp install --json`'s output. */
+export interface InstallStep {
+  id: string;
+  status: 'changed' | 'unchanged' | 'skipped' | 'would-change';
+  detail: string;
+}

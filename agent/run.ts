@@ -412,6 +412,22 @@ async function runSession(
     const abort = (): void => void stream?.close();
     opts.signal?.addEventListener('abort', abort, { once: true });
     try {
+      /** Store everything before `txn` (and drop its spilled pieces): it is to be read again, or fails. */
+      const storeBefore = async (txn: AssembledTransaction): Promise<void> => {
+        await settle();
+        if (txn.spilled) await writer.abandonSpill();
+        if (batch.length > 0) startWrite();
+        await settle();
+      };
+      /** What the DDL log rows its "pgtimewarp" DDL messages name mean for the tracked tables; only rows it wrote count. */
+      const identityChangesOf = async (txn: AssembledTransaction): Promise<IdentityChange[]> => {
+        const claimed = (await Promise.all(txn.ddl.map((c) => verifiedDdlEvents(source, c.first, c.last, txn.xid)))).flat();
+        if (claimed.length === 0) {
+          log({ level: 'warning', event: 'unverified_ddl_message',
+            message: `transaction ${lsnToText(txn.endLsn)} (xid ${txn.xid}) carried a "pgtimewarp" DDL message naming no DDL log rows it wrote: ignored` });
+        }
+        return catalog.identityChanges(claimed, txn.commitLsn);
+      };
       let reading: Promise<ReplicationMessage | null> | null = null;
       for (;;) {
         reading ??= stream.read();
@@ -494,55 +510,35 @@ async function runSession(
               message: `${reason}; ${tables.length === 0 ? 'it changed no tracked table' : `history gap recorded from ${lsnToText(txn.endLsn)} on for ${tableList(tables)}`}`,
               endLsn: lsnToText(txn.endLsn), xid: txn.xid, tables: tableList(tables) });
             txn = skippedTransaction(txn);
-          } else if (txn.failure !== null && txn.ddl.length === 0) {
-            await settle();
-            if (txn.spilled) await writer.abandonSpill();
+          }
+          // renames and drops of tracked tables (agent/ddl.ts)
+          const changes = txn.ddl.length === 0 ? [] : await identityChangesOf(txn);
+          const unknown = changes.filter((c) => !catalog.knowsChange(c, txn.commitLsn));
+          if (unknown.length > 0) {
+            // Its changes after the rename came under a name not known to be
+            // this table's, and were passed over (with wal2json, not even
+            // sent), or failed for want of a key column's new name: store
+            // what came before it, then read it again knowing the names.
+            await storeBefore(txn);
+            for (const c of unknown) {
+              renames.push({ relationId: c.relationId, schema: c.schema, table: c.table, fromLsn: txn.commitLsn, renamedColumns: c.renamedColumns });
+            }
+            log({ level: 'info', event: 'rename_seen',
+              message: `${unknown.map(describeChange).join(', ')} at ${lsnToText(txn.endLsn)}: reading from there again under the new names` });
+            return 'restart';
+          }
+          if (txn.failure !== null) {
             // what came before it is stored, so that history stops right at it
-            if (batch.length > 0) startWrite();
-            await settle();
+            await storeBefore(txn);
             throw TransactionFailure.of(txn, failsEveryTime(txn.failure) ? 'store' : 'decode', txn.failure);
           }
           let restartAfterWrite = false;
-          if (txn.ddl.length > 0) {
-            // renames and drops of tracked tables (agent/ddl.ts)
-            const claimed = (await Promise.all(txn.ddl.map((c) => verifiedDdlEvents(source, c.first, c.last, txn.xid)))).flat();
-            if (claimed.length === 0) {
-              log({ level: 'warning', event: 'unverified_ddl_message',
-                message: `transaction ${lsnToText(txn.endLsn)} (xid ${txn.xid}) carried a "pgtimewarp" DDL message naming no DDL log rows it wrote: ignored` });
-            }
-            const changes = catalog.identityChanges(claimed, txn.commitLsn);
-            const unknown = changes.filter((c) => !catalog.knowsChange(c, txn.commitLsn));
-            if (unknown.length > 0) {
-              // Its changes after the rename came under a name not known to
-              // be this table's, and were passed over (with wal2json, not
-              // even sent): store what came before it, then read it again
-              // knowing the name.
-              await settle();
-              if (txn.spilled) await writer.abandonSpill();
-              if (batch.length > 0) startWrite();
-              await settle();
-              for (const c of unknown) {
-                renames.push({ relationId: c.relationId, schema: c.schema, table: c.table, fromLsn: txn.commitLsn, renamedColumns: c.renamedColumns });
-              }
-              log({ level: 'info', event: 'rename_seen',
-                message: `${unknown.map(describeChange).join(', ')} at ${lsnToText(txn.endLsn)}: reading from there again under the new names` });
-              return 'restart';
-            }
-            if (txn.failure !== null) {
-              // not for want of a name the DDL gave: fails as any other
-              await settle();
-              if (txn.spilled) await writer.abandonSpill();
-              if (batch.length > 0) startWrite();
-              await settle();
-              throw TransactionFailure.of(txn, failsEveryTime(txn.failure) ? 'store' : 'decode', txn.failure);
-            }
-            if (changes.length > 0) {
-              txn.identity = changes;
-              catalog.apply(changes, txn.endLsn);
-              log({ level: 'info', event: 'renamed_or_dropped', message: changes.map(describeChange).join(', '), lsn: lsnToText(txn.endLsn) });
-              // add-tables is fixed for a stream: the new names from here on
-              restartAfterWrite = opts.plugin === 'wal2json' && changes.some((c) => c.kind === 'renamed');
-            }
+          if (changes.length > 0) {
+            txn.identity = changes;
+            catalog.apply(changes, txn.endLsn);
+            log({ level: 'info', event: 'renamed_or_dropped', message: changes.map(describeChange).join(', '), lsn: lsnToText(txn.endLsn) });
+            // add-tables is fixed for a stream: the new names from here on
+            restartAfterWrite = opts.plugin === 'wal2json' && changes.some((c) => c.kind === 'renamed');
           }
           observe.received?.(txn.endLsn, txn.commitTime);
           batch.push(txn);

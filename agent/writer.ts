@@ -20,6 +20,11 @@
 // first piece, the pieces merge into a temporary table, and at COMMIT the
 // versions are made from it in SQL, the same way, then everything commits
 // together with the checkpoint as for any transaction.
+//
+// Each store transaction also adds the versions it wrote to each table's
+// count in relation_stats (migrations/5_relation_stats.sql), in one
+// statement for all its tables, so that the count moves with the versions
+// and pgtimewarp_status() never counts history.
 
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -58,6 +63,8 @@ export class StoreWriter {
   private spillOpen = false;
   /** How many versions the last apply() wrote for a spilled transaction. */
   spilledVersions = 0;
+  /** Versions written per relation id in the store transaction apply() has open. */
+  private written = new Map<number, number>();
 
   constructor(
     private readonly store: pg.ClientBase,
@@ -153,6 +160,7 @@ export class StoreWriter {
     }
     this.spilledVersions = 0;
     await this.inTransaction(async () => {
+      this.written = new Map();
       const relations = await this.relationIds();
       let group: AssembledTransaction[] = [];
       let groupVersions = 0;
@@ -173,6 +181,7 @@ export class StoreWriter {
         }
       }
       if (group.length > 0) await this.applyGroup(group, relations);
+      await this.saveVersionCounts();
       await this.saveCheckpoint(checkpoint);
     });
     return checkpoint;
@@ -325,6 +334,28 @@ export class StoreWriter {
     );
   }
 
+  /** `n` more versions of `relationId` in this store transaction. */
+  private countWritten(relationId: number, n: number): void {
+    if (n > 0) this.written.set(relationId, (this.written.get(relationId) ?? 0) + n);
+  }
+
+  /**
+   * Add this store transaction's versions to relation_stats, one statement
+   * for all its tables.  The foreign key refuses a count for an incarnation
+   * forgotten since relationIds() read it: the batch fails, and is retried
+   * without that incarnation's versions, none of which are then left behind.
+   */
+  private async saveVersionCounts(): Promise<void> {
+    if (this.written.size === 0) return;
+    const ids = [...this.written.keys()].sort((a, b) => a - b);
+    await this.store.query(
+      `INSERT INTO pgtimewarp_store.relation_stats (relation_id, versions)
+       SELECT * FROM unnest($1::integer[], $2::bigint[])
+       ON CONFLICT (relation_id) DO UPDATE SET versions = relation_stats.versions + EXCLUDED.versions`,
+      [ids, ids.map((id) => String(this.written.get(id)))],
+    );
+  }
+
   private async saveCheckpoint(checkpoint: Checkpoint): Promise<void> {
     // never backwards: a late or repeated write must not rewind the resume point
     await this.store.query(
@@ -447,6 +478,7 @@ export class StoreWriter {
       });
       for (const { v, row } of made) {
         rows.push(row);
+        this.countWritten(row.r, 1);
         latest.set(versionKey(v.relationId, v.pk), { rowData: row.d });
       }
     });
@@ -479,7 +511,7 @@ export class StoreWriter {
   private async endTruncated(txn: AssembledTransaction, commit: CommitPoint, relations: RelationIds): Promise<void> {
     for (const { relationId } of txn.truncated) {
       if (!relations.has(relationId)) continue; // its history was deleted
-      await this.store.query(
+      const tombstones = await this.store.query(
         `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
          SELECT $1, l.pk, l.pk_full, $2, $3, 't', NULL
            FROM (SELECT DISTINCT ON (pk) pk, pk_full, op FROM pgtimewarp_store.row_versions
@@ -490,6 +522,7 @@ export class StoreWriter {
                              WHERE w.relation_id = $1 AND w.pk = l.pk AND w.valid_from_lsn = $2)`,
         [relationId, commit.lsn, commit.ts],
       );
+      this.countWritten(relationId, tombstones.rowCount ?? 0);
     }
   }
 
@@ -559,8 +592,9 @@ export class StoreWriter {
         WHERE p.relation_id = prior.relation_id AND p.pk_index = prior.pk_index`,
       [commitLsn],
     );
-    const inserted = await this.store.query(
-      `INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
+    const inserted = await this.store.query<{ relation_id: number; n: string }>(
+      `WITH inserted AS (
+       INSERT INTO pgtimewarp_store.row_versions (relation_id, pk, pk_full, valid_from_lsn, valid_from_ts, op, row_data)
        SELECT r.relation_id, p.pk_index, CASE WHEN p.pk_index[1] IS NULL THEN p.pk END, $1, $2,
               CASE WHEN p.row_data IS NULL THEN CASE p.first_removal WHEN 'truncate' THEN 't' ELSE 'd' END
                    WHEN p.born_here THEN 'i'
@@ -569,10 +603,15 @@ export class StoreWriter {
               p.row_data
          FROM ${SPILL} p
          JOIN pgtimewarp_store.tracked_relations r ON r.relation_id = p.relation_id
-        WHERE p.row_data IS NOT NULL OR NOT (p.born_here OR p.after_truncate)`,
+        WHERE p.row_data IS NOT NULL OR NOT (p.born_here OR p.after_truncate)
+       RETURNING relation_id)
+       SELECT relation_id, count(*)::text AS n FROM inserted GROUP BY relation_id`,
       [commitLsn, commitTime],
     );
-    this.spilledVersions = inserted.rowCount ?? 0;
+    for (const r of inserted.rows) {
+      this.countWritten(r.relation_id, Number(r.n));
+      this.spilledVersions += Number(r.n);
+    }
   }
 
   /**

@@ -10,7 +10,8 @@
 //                     the user mapping of the extension's owner: reads every
 //                     store table, and writes just what pgtimewarp_track,
 //                     _untrack and _forget write (node registration, tracked
-//                     relations, baseline row versions, forgetting history).
+//                     relations, baseline row versions and their count in
+//                     relation_stats, forgetting history).
 //
 // Passwords are random, kept in the config file (0600) and the user mapping,
 // and sent to the server only as SCRAM verifiers, so no statement log ever
@@ -128,15 +129,16 @@ export interface Grant {
 /**
  * The privileges on the store tables.  The agent writes every table.  The
  * extension (through the FDW role) reads them all and writes what its
- * functions write: pgtimewarp_track registers the node, the table and its
- * baseline; _untrack closes the table's tracking; _forget deletes the
- * table's history.
+ * functions write: pgtimewarp_track registers the node, the table, its
+ * baseline and the baseline's count (relation_stats); _untrack closes the
+ * table's tracking; _forget deletes the table's history.
  */
 export function storeGrants(tables: string[], roles: { agent: string; fdw: string }): Grant[] {
   const fdwWrites: Record<string, Privilege[]> = {
     nodes: ['INSERT'],
     tracked_relations: ['INSERT', 'UPDATE', 'DELETE'],
     row_versions: ['INSERT', 'DELETE'],
+    relation_stats: ['INSERT', 'UPDATE', 'DELETE'],
   };
   return tables.flatMap((table) => [
     { role: roles.agent, table, privileges: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] as Privilege[] },

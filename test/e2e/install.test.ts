@@ -174,11 +174,13 @@ describe('pgtimewarp install and uninstall on a fresh cluster', () => {
       .toContain(`host=${c.host},port=${c.port},dbname=${storeDb}`);
     // pgtimewarp_fdw writes what track/untrack/forget write, and no more
     const privileges = await value(c, `SELECT string_agg(format('%s.%s', t, p), ' ' ORDER BY t, p) FROM
-        unnest(ARRAY['nodes','tracked_relations','row_versions','lsn_time_map','wal_checkpoints','health_events']) t,
+        unnest(ARRAY['nodes','tracked_relations','row_versions','relation_stats','lsn_time_map','wal_checkpoints','health_events']) t,
         unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE']) p
        WHERE has_table_privilege('pgtimewarp_fdw', 'pgtimewarp_store.' || t, p)`, storeDb);
     expect(privileges).toBe(
-      'health_events.SELECT lsn_time_map.SELECT nodes.INSERT nodes.SELECT row_versions.DELETE row_versions.INSERT row_versions.SELECT ' +
+      'health_events.SELECT lsn_time_map.SELECT nodes.INSERT nodes.SELECT ' +
+        'relation_stats.DELETE relation_stats.INSERT relation_stats.SELECT relation_stats.UPDATE ' +
+        'row_versions.DELETE row_versions.INSERT row_versions.SELECT ' +
         'tracked_relations.DELETE tracked_relations.INSERT tracked_relations.SELECT tracked_relations.UPDATE wal_checkpoints.SELECT',
     );
     expect(await value(c, `SELECT node_id FROM pgtimewarp.config`, sourceDb)).toBe(installed.nodeId);

@@ -22,6 +22,7 @@ const STORE_TABLES = [
   'lsn_time_map',
   'nodes',
   'relation_renames',
+  'relation_stats',
   'row_versions',
   'skipped_transactions',
   'tracked_relations',
@@ -37,7 +38,9 @@ describe('migrateStore', () => {
   it('creates the store tables in a fresh database, then has nothing left to apply', async () => {
     const url = await createDatabase('store_fresh');
 
-    expect(await migrateStore(url)).toEqual(['1_create_store.sql', '2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql']);
+    expect(await migrateStore(url)).toEqual([
+      '1_create_store.sql', '2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql', '5_relation_stats.sql',
+    ]);
 
     const tables = await cluster().psql(
       `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'pgtimewarp_store'`,
@@ -86,7 +89,7 @@ describe('migrateStore', () => {
       const before = (await client.query(HISTORY.replace('%s', 'row_versions'))).rows;
       expect(before).toHaveLength(10);
 
-      expect(await migrateStore(url)).toEqual(['2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql']);
+      expect(await migrateStore(url)).toEqual(['2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql', '5_relation_stats.sql']);
 
       // the same history, read through the view that spells it out as version 1 stored it
       expect((await client.query(HISTORY.replace('%s', 'row_history'))).rows).toEqual(before);
@@ -94,6 +97,15 @@ describe('migrateStore', () => {
       const ids = (await client.query<{ relation_id: number }>(
         `SELECT relation_id FROM pgtimewarp_store.tracked_relations ORDER BY relation_id`)).rows.map((r) => r.relation_id);
       expect(new Set(ids).size).toBe(3);
+      // each incarnation's count of versions, from the history already there (6, 3 and 1)
+      const { rows: stats } = await client.query<{ relation_id: number; versions: string; counted: string }>(
+        `SELECT r.relation_id, s.versions::text,
+                (SELECT count(*) FROM pgtimewarp_store.row_versions v WHERE v.relation_id = r.relation_id)::text AS counted
+           FROM pgtimewarp_store.tracked_relations r
+           LEFT JOIN pgtimewarp_store.relation_stats s ON s.relation_id = r.relation_id
+          ORDER BY r.relation_id`);
+      expect(stats.map((r) => r.versions).sort()).toEqual(['1', '3', '6']);
+      for (const r of stats) expect(r.versions).toBe(r.counted);
       const { rows: next } = await client.query<{ relation_id: number }>(
         `INSERT INTO pgtimewarp_store.tracked_relations (node_id, schema_name, table_name, pk_columns, tracked_from_lsn, tracked_from_ts)
          VALUES ('n1', 'public', 'later', '{id}', '0/9000', '2024-01-09 00:00+00') RETURNING relation_id`);
@@ -224,11 +236,13 @@ describe('store constraints', () => {
     });
   });
 
-  it('deletes a tracked incarnation\'s versions with it, and gives a re-tracked name a new relation id', async () => {
+  it('deletes a tracked incarnation\'s versions and their count with it, and gives a re-tracked name a new relation id', async () => {
     await rolledBack(async () => {
       await insertVersion({});
+      await client.query(`INSERT INTO pgtimewarp_store.relation_stats (relation_id, versions) VALUES ($1, 1)`, [relationId]);
       await client.query(`DELETE FROM pgtimewarp_store.tracked_relations WHERE relation_id = $1`, [relationId]);
       expect((await client.query(`SELECT count(*)::int AS n FROM pgtimewarp_store.row_versions`)).rows).toEqual([{ n: 0 }]);
+      expect((await client.query(`SELECT count(*)::int AS n FROM pgtimewarp_store.relation_stats`)).rows).toEqual([{ n: 0 }]);
       const { rows } = await client.query<{ relation_id: number }>(
         `INSERT INTO pgtimewarp_store.tracked_relations
            (node_id, schema_name, table_name, pk_columns, tracked_from_lsn, tracked_from_ts)

@@ -365,12 +365,15 @@ describe('roles', () => {
   });
 
   it('the FDW role writes only what track, untrack and forget write', () => {
-    const grants = storeGrants(['nodes', 'lsn_time_map'], { agent: 'a', fdw: 'f' });
+    const grants = storeGrants(['nodes', 'lsn_time_map', 'relation_stats'], { agent: 'a', fdw: 'f' });
     expect(grants).toEqual([
       { role: 'a', table: 'nodes', privileges: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] },
       { role: 'f', table: 'nodes', privileges: ['SELECT', 'INSERT'] },
       { role: 'a', table: 'lsn_time_map', privileges: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] },
       { role: 'f', table: 'lsn_time_map', privileges: ['SELECT'] },
+      // track writes the baseline's count; forget's cascade deletes it
+      { role: 'a', table: 'relation_stats', privileges: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] },
+      { role: 'f', table: 'relation_stats', privileges: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] },
     ]);
   });
 });

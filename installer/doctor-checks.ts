@@ -141,6 +141,37 @@ interface StoreReader {
   schema: string;
 }
 
+/** What probeStore() found: the store's answer, or the error the probe raised. */
+type StoreProbe =
+  | { ok: true; answer: string; figures: { probe: string; storeServerVersion?: string } }
+  | { ok: false; error: unknown; figures: { probe: string } };
+
+/**
+ * Whether the extension reaches the store, asked the cheapest way the
+ * installed extension offers: pgtimewarp_ping() (0.4 on) asks the store for
+ * its version over the extension's own connection.  An older extension has
+ * only pgtimewarp_status(), which reads the store's state of every table,
+ * so it is the probe only where pgtimewarp_ping() does not exist.
+ */
+async function probeStore(src: pg.Client, fn: string): Promise<StoreProbe> {
+  try {
+    const res = await src.query<{ version: string }>(`SELECT ${fn}.pgtimewarp_ping() AS version`);
+    const version = res.rows[0]!.version;
+    return { ok: true, answer: `pgtimewarp_ping(): the store runs PostgreSQL ${version}`, figures: { probe: 'pgtimewarp_ping', storeServerVersion: version } };
+  } catch (err) {
+    if (!(err instanceof pg.DatabaseError && err.code === UNDEFINED_FUNCTION)) return { ok: false, error: err, figures: { probe: 'pgtimewarp_ping' } };
+  }
+  try {
+    const res = await src.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${fn}.pgtimewarp_status()`);
+    return { ok: true, answer: `pgtimewarp_status() lists ${res.rows[0]!.n} table(s) for this role`, figures: { probe: 'pgtimewarp_status' } };
+  } catch (err) {
+    return { ok: false, error: err, figures: { probe: 'pgtimewarp_status' } };
+  }
+}
+
+/** SQLSTATE 42883: no function of that name and arguments (an extension older than 0.4 has no pgtimewarp_ping). */
+const UNDEFINED_FUNCTION = '42883';
+
 function message(err: unknown): string {
   if (err instanceof pg.DatabaseError) {
     return [err.message, err.detail, err.hint].filter(Boolean).join(' ');
@@ -641,12 +672,12 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
       const src = source;
       const fn = quoteIdent(extSchema);
       await guard('fdw', async () => {
-        try {
-          const res = await src.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${fn}.pgtimewarp_status()`);
-          add({ check: 'fdw', status: 'ok', message: `the extension reaches the store through postgres_fdw (pgtimewarp_status() lists ${res.rows[0]!.n} table(s) for this role)` });
-        } catch (err) {
+        const probe = await probeStore(src, fn);
+        if (probe.ok) {
+          add({ check: 'fdw', status: 'ok', message: `the extension reaches the store through postgres_fdw (${probe.answer})`, figures: probe.figures });
+        } else {
           add({
-            check: 'fdw', status: 'error', message: `pgtimewarp_status() fails: ${message(err)}`,
+            check: 'fdw', status: 'error', message: `${probe.figures.probe}() fails: ${message(probe.error)}`, figures: probe.figures,
             meaning: 'Tracking and every history query in this database fail while the extension cannot reach the store.',
             fix: 'Check the foreign server\'s options (ALTER SERVER pgtimewarp_store OPTIONS (SET host \'...\', SET port \'...\', SET dbname \'...\')) and the user mapping of the extension\'s owner; "pgtimewarp install" sets both.',
           });

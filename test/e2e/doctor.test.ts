@@ -339,6 +339,66 @@ describe('pgtimewarp doctor', () => {
   });
 });
 
+describe('pgtimewarp doctor\'s store probe (fdw)', () => {
+  /** Whether the installed extension has pgtimewarp_ping() (0.4 on). */
+  async function hasPing(source: pg.Client): Promise<boolean> {
+    const res = await source.query<{ ok: boolean }>(`SELECT to_regprocedure('pgtimewarp_ping()') IS NOT NULL AS ok`);
+    return res.rows[0]!.ok;
+  }
+
+  async function fdwFinding(): Promise<Finding> {
+    return one(await doctor({ source: timewarp.sourceUrl, store: timewarp.storeUrl, env: noConfig }), 'fdw');
+  }
+
+  it('asks pgtimewarp_ping() where the extension has it, else pgtimewarp_status()', async () => {
+    const { source } = timewarp;
+    const storeVersion = (await cluster().psql('SHOW server_version', 'store')).trim();
+    const expectStatusProbe = async (): Promise<void> => {
+      expect(await fdwFinding()).toMatchObject({
+        status: 'ok', figures: { probe: 'pgtimewarp_status' },
+        message: expect.stringMatching(/^the extension reaches the store through postgres_fdw \(pgtimewarp_status\(\) lists \d+ table\(s\) for this role\)$/),
+      });
+    };
+    if (!(await hasPing(source))) {
+      await expectStatusProbe();
+      return;
+    }
+    expect(await fdwFinding()).toMatchObject({
+      status: 'ok', figures: { probe: 'pgtimewarp_ping', storeServerVersion: storeVersion },
+      message: `the extension reaches the store through postgres_fdw (pgtimewarp_ping(): the store runs PostgreSQL ${storeVersion})`,
+    });
+    // as an extension older than 0.4 is: no pgtimewarp_ping()
+    await source.query(`ALTER EXTENSION pgtimewarp DROP FUNCTION pgtimewarp_ping()`);
+    await source.query(`ALTER FUNCTION pgtimewarp_ping() RENAME TO pgtimewarp_ping_hidden`);
+    try {
+      await expectStatusProbe();
+    } finally {
+      await source.query(`ALTER FUNCTION pgtimewarp_ping_hidden() RENAME TO pgtimewarp_ping`);
+      await source.query(`ALTER EXTENSION pgtimewarp ADD FUNCTION pgtimewarp_ping()`);
+    }
+  });
+
+  it('a store the extension cannot reach: the probe\'s error, with the fix for the foreign server', async () => {
+    const { source } = timewarp;
+    const ping = await hasPing(source);
+    const port = (await source.query<{ port: string }>(
+      `SELECT option_value AS port FROM pg_options_to_table((SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'pgtimewarp_store'))
+        WHERE option_name = 'port'`)).rows[0]!.port;
+    await source.query(`ALTER SERVER pgtimewarp_store OPTIONS (SET port '1')`);
+    try {
+      const fdw = await fdwFinding();
+      expect(fdw).toMatchObject({
+        status: 'error', figures: { probe: ping ? 'pgtimewarp_ping' : 'pgtimewarp_status' },
+        fix: expect.stringContaining('ALTER SERVER pgtimewarp_store OPTIONS'),
+      });
+      expect(fdw.message).toMatch(ping ? /^pgtimewarp_ping\(\) fails: could not reach the pgtimewarp store/ : /^pgtimewarp_status\(\) fails: .+/);
+    } finally {
+      await source.query(`ALTER SERVER pgtimewarp_store OPTIONS (SET port '${port}')`);
+    }
+    expect((await fdwFinding()).status).toBe('ok');
+  });
+});
+
 describe('pgtimewarp doctor after the slot is lost', () => {
   it('says history has a gap, and its fix, followed step by step, records history again', async () => {
     const c = cluster();

@@ -11,6 +11,7 @@
 \i ../migrations/2_compact_versions.sql
 \i ../migrations/3_safe_history.sql
 \i ../migrations/4_node_database_oid.sql
+\i ../migrations/5_relation_stats.sql
 \set ECHO all
 
 CREATE EXTENSION pgtimewarp CASCADE;
@@ -86,5 +87,8 @@ BEGIN
             change.lsn, ts,
             CASE op WHEN 'baseline' THEN 'b' WHEN 'insert' THEN 'i' WHEN 'update' THEN 'u'
                     WHEN 'delete' THEN 'd' WHEN 'truncate' THEN 't' END, change.row_data);
+    -- and counted, as the agent counts what it writes (migrations/5_relation_stats.sql)
+    INSERT INTO pgtimewarp_store.relation_stats (relation_id, versions) VALUES (id, 1)
+    ON CONFLICT (relation_id) DO UPDATE SET versions = relation_stats.versions + 1;
 END;
 $$;

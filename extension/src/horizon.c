@@ -15,7 +15,8 @@
  * position W (pgtw_note_store_read).  Every commit made before T ends at or
  * before W.  When the store's checkpoint, read in the store snapshot, is at
  * or past W, every such commit is in that snapshot, and history is complete
- * up to T, whatever the checkpoint's own time (pgtw_fresh_horizon).  This
+ * up to T, whatever the checkpoint's own time (pgtw_fresh_point, used in
+ * the store statement itself: store_sql.c TRACKING_CTE).  This
  * holds whichever came first, the snapshot or the reading of W.  "Now", for
  * pgtimewarp, is therefore the moment a transaction first reads history:
  * now() and any earlier time are answered without a warning once the agent
@@ -57,7 +58,7 @@
 #include "utils/wait_event.h"
 
 #include "pgtimewarp.h"
-#include "pgtimewarp_compat.h"
+#include "compat.h"
 
 /* pgtimewarp.horizon_wait: ms; 0 neither asks the agent nor waits */
 static int	horizon_wait_ms = 1000;
@@ -183,13 +184,21 @@ pgtw_await_fresh_history(TimestampTz at)
 }
 
 /*
- * Given the horizon the store's snapshot shows, extend its time to the
- * fresh point when the snapshot holds everything written before it.
+ * The fresh point of this transaction (taken now if it was not yet): the
+ * store statement extends the horizon's time to it when the store's
+ * checkpoint is at or past its position (store_sql.c, TRACKING_CTE).
  */
 void
-pgtw_fresh_horizon(XLogRecPtr *horizon_lsn, TimestampTz *horizon_ts)
+pgtw_fresh_point(XLogRecPtr *lsn, TimestampTz *ts)
 {
-	if (fresh_point_taken() && *horizon_lsn >= fresh_lsn && fresh_ts > *horizon_ts)
-		*horizon_ts = fresh_ts;
-	known_horizon_ts = Max(known_horizon_ts, *horizon_ts);
+	pgtw_note_store_read();
+	*lsn = fresh_lsn;
+	*ts = fresh_ts;
+}
+
+/* A horizon read from the store: later lookups up to it need not wait. */
+void
+pgtw_saw_horizon(TimestampTz horizon_ts)
+{
+	known_horizon_ts = Max(known_horizon_ts, horizon_ts);
 }

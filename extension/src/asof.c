@@ -191,6 +191,12 @@ pgtimewarp_asof_row(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
 }
 
+static void
+pks_error_context(void *arg)
+{
+	errcontext("key %d of pks", *(int *) arg);
+}
+
 /*
  * pgtimewarp_asof_pks(rel regclass, pks jsonb[], at timestamptz)
  *		RETURNS TABLE (pk jsonb, row_data jsonb)
@@ -214,6 +220,8 @@ pgtimewarp_asof_pks(PG_FUNCTION_ARGS)
 	Tracking	t;
 	int			col;
 	MemoryContext row_cxt;
+	ErrorContextCallback errcallback;
+	int			key_number = 0;
 
 	require_argument(fcinfo, 0, "rel");
 	require_argument(fcinfo, 1, "pks");
@@ -225,8 +233,13 @@ pgtimewarp_asof_pks(PG_FUNCTION_ARGS)
 	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), JSONBOID, -1, false, TYPALIGN_INT,
 					  &pks, &pk_nulls, &nkeys);
 	keys = palloc(sizeof(ArrayType *) * Max(nkeys, 1));
+	errcallback.callback = pks_error_context;
+	errcallback.arg = &key_number;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	for (int i = 0; i < nkeys; i++)
 	{
+		key_number = i + 1;
 		if (pk_nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -234,6 +247,7 @@ pgtimewarp_asof_pks(PG_FUNCTION_ARGS)
 							i + 1)));
 		keys[i] = encode_pk(rel, &target, DatumGetJsonbP(pks[i]));
 	}
+	error_context_stack = errcallback.previous;
 
 	node_id = configured_node_id();
 	pgtw_await_fresh_history(at);

@@ -653,52 +653,86 @@ store_read(const char *sql, StoreParams *p)
  * ----------------------------------------------------------------
  */
 
+/* The i-th column rename of t: its LSN, old and new names. */
+static void
+column_rename(Tracking *t, int i, char **lsn, char **old, char **new)
+{
+	JsonbValue *e = getIthJsonbValueFromContainer(&t->column_renames->root, i);
+	JsonbValue *v[3];
+	const char *keys[3] = {"lsn", "old", "new"};
+	char	  **out[3] = {lsn, old, new};
+
+	for (int k = 0; k < 3; k++)
+	{
+		v[k] = e && e->type == jbvBinary ?
+			getKeyJsonValueFromContainer(e->val.binary.data, keys[k], 3, NULL) : NULL;
+		if (v[k] == NULL || v[k]->type != jbvString)
+			elog(ERROR, "malformed column rename in the pgtimewarp store");
+		*out[k] = pnstrdup(v[k]->val.string.val, v[k]->val.string.len);
+	}
+}
+
 /*
- * The text a version stored for the column called `name` now: under an
- * older name in versions written before a rename (the store's
- * column_renames; render.c rename_columns() does the same for one row).
- * A version at LSN v had each rename at an LSN >= v still ahead of it, so
- * between two renames' LSNs the stored name is found by undoing, newest
- * first, the renames still ahead.
+ * The text a version stored for the column called `name` now.  A version
+ * written at LSN v reads each key through the renames at LSNs >= v, in
+ * order (render.c rename_columns() does it for one row): so between two
+ * renames' LSNs, the stored keys that read as `name` are those whose walk
+ * through the renames still ahead ends at `name` (a version of the renaming
+ * transaction itself may have the old name or the new).
  */
 static char *
 stored_column_sql(Tracking *t, const char *name)
 {
 	StringInfoData sql;
 	int			n;
+	char	  **lsns;
+	char	  **olds;
+	char	  **news;
 
 	if (t->column_renames == NULL || !JB_ROOT_IS_ARRAY(t->column_renames) ||
 		(n = JB_ROOT_COUNT(t->column_renames)) == 0)
 		return psprintf("v.row_data ->> %s", quote_literal_cstr(name));
 
+	lsns = palloc(sizeof(char *) * n);
+	olds = palloc(sizeof(char *) * n);
+	news = palloc(sizeof(char *) * n);
+	for (int i = 0; i < n; i++)
+		column_rename(t, i, &lsns[i], &olds[i], &news[i]);
+
 	initStringInfo(&sql);
 	appendStringInfoString(&sql, "CASE");
 	for (int from = 0; from < n; from++)
 	{
-		const char *stored = name;
-		JsonbValue *e = getIthJsonbValueFromContainer(&t->column_renames->root, from);
-		JsonbValue *lsn;
+		/* candidates: the name itself and every name a rename mentions */
+		int			ncand = 2 * n + 1;
+		bool		first = true;
 
-		if (e == NULL || e->type != jbvBinary ||
-			(lsn = getKeyJsonValueFromContainer(e->val.binary.data, "lsn", 3, NULL)) == NULL ||
-			lsn->type != jbvString)
-			elog(ERROR, "malformed column rename in the pgtimewarp store");
-		/* versions up to this rename's LSN have renames from..n-1 ahead */
-		for (int i = n - 1; i >= from; i--)
+		if (from > 0 && strcmp(lsns[from], lsns[from - 1]) == 0)
+			continue;			/* same LSN: the interval was written already */
+		appendStringInfo(&sql, " WHEN v.valid_from_lsn <= %s::pg_lsn THEN coalesce(",
+						 quote_literal_cstr(lsns[from]));
+		for (int c = 0; c < ncand; c++)
 		{
-			JsonbValue *r = getIthJsonbValueFromContainer(&t->column_renames->root, i);
-			JsonbValue *old = getKeyJsonValueFromContainer(r->val.binary.data, "old", 3, NULL);
-			JsonbValue *new = getKeyJsonValueFromContainer(r->val.binary.data, "new", 3, NULL);
+			const char *cand = c == 0 ? name : c <= n ? olds[c - 1] : news[c - n - 1];
+			const char *walked = cand;
+			bool		seen = false;
 
-			if (old == NULL || new == NULL || old->type != jbvString || new->type != jbvString)
-				elog(ERROR, "malformed column rename in the pgtimewarp store");
-			if (strlen(stored) == (size_t) new->val.string.len &&
-				strncmp(stored, new->val.string.val, new->val.string.len) == 0)
-				stored = pnstrdup(old->val.string.val, old->val.string.len);
+			for (int d = 0; d < c && !seen; d++)
+				seen = strcmp(d == 0 ? name : d <= n ? olds[d - 1] : news[d - n - 1], cand) == 0;
+			if (seen)
+				continue;
+			for (int i = from; i < n; i++)
+				if (strcmp(walked, olds[i]) == 0)
+					walked = news[i];
+			if (strcmp(walked, name) != 0)
+				continue;
+			appendStringInfo(&sql, "%sv.row_data ->> %s", first ? "" : ", ",
+							 quote_literal_cstr(cand));
+			first = false;
 		}
-		appendStringInfo(&sql, " WHEN v.valid_from_lsn <= %s::pg_lsn THEN v.row_data ->> %s",
-						 quote_literal_cstr(pnstrdup(lsn->val.string.val, lsn->val.string.len)),
-						 quote_literal_cstr(stored));
+		if (first)
+			appendStringInfoString(&sql, "NULL");
+		appendStringInfoChar(&sql, ')');
 	}
 	appendStringInfo(&sql, " ELSE v.row_data ->> %s END", quote_literal_cstr(name));
 	return sql.data;
@@ -729,7 +763,7 @@ table_cursor_sql(const char *cursor, Tracking *t, TupleDesc tupdesc)
 			appendStringInfo(&sql, ", %s", stored_column_sql(t, NameStr(attr->attname)));
 	}
 	appendStringInfoString(&sql,
-						   " FROM (SELECT DISTINCT ON (v.pk) v.valid_from_ts, v.op, v.row_data"
+						   " FROM (SELECT DISTINCT ON (v.pk) v.valid_from_lsn, v.valid_from_ts, v.op, v.row_data"
 						   "         FROM pgtimewarp_store.row_versions v"
 						   "        WHERE v.relation_id = $1 AND v.valid_from_lsn <= $2"
 						   "        ORDER BY v.pk DESC, v.valid_from_lsn DESC) v"

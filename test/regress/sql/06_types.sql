@@ -115,6 +115,21 @@ SELECT count(*) AS rows,
   FROM types_t cur;
 COMMIT;
 
+-- The whole table comes back the same way, row for row (pgtimewarp_asof_table),
+-- whatever the reading session's settings
+SELECT (SELECT count(*) FROM pgtimewarp_asof_table(NULL::types_t, now())) AS rows,
+       bool_and(a *= cur) AS all_exact
+  FROM types_t cur JOIN pgtimewarp_asof_table(NULL::types_t, now()) a ON a.id = cur.id;
+BEGIN;
+SET LOCAL timezone = 'Pacific/Chatham';
+SET LOCAL datestyle = 'German, DMY';
+SET LOCAL intervalstyle = 'iso_8601';
+SET LOCAL extra_float_digits = 0;
+SET LOCAL bytea_output = 'escape';
+SELECT count(*) AS rows, bool_and(a *= cur) AS all_exact
+  FROM types_t cur JOIN pgtimewarp_asof_table(NULL::types_t, now()) a ON a.id = cur.id;
+COMMIT;
+
 -- The same, column by column, through SELECT * FROM pgtimewarp_asof_row(...)
 SELECT a.n::text, a.big, a.f8, a.f4, a.ts, encode(a.b, 'hex') AS b,
        a.arr, a.tarr, a.mood, a.price, a.u, a.iv

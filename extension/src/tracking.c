@@ -394,11 +394,15 @@ pgtimewarp_track(PG_FUNCTION_ARGS)
 	param_lsn(&p, start_lsn);
 	param_ts(&p, start_ts);
 	param_text(&p, TEXTOID, column_names_json(RelationGetDescr(rel)));
-	/* the store numbers each tracked incarnation (relation_id) */
+	/*
+	 * The store numbers each tracked incarnation: relation_id given as NULL
+	 * is set by its SECURITY DEFINER trigger (migrations/2_compact_versions.sql);
+	 * the column's default would need USAGE on the sequence.
+	 */
 	res = store_write("INSERT INTO pgtimewarp_store.tracked_relations"
-					  " (node_id, schema_name, table_name, relid, pk_columns,"
+					  " (relation_id, node_id, schema_name, table_name, relid, pk_columns,"
 					  "  tracked_from_lsn, tracked_from_ts, columns)"
-					  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) RETURNING relation_id", &p);
+					  " VALUES (NULL, $1, $2, $3, $4, $5, $6, $7, $8::jsonb) RETURNING relation_id", &p);
 	if (PQntuples(res) != 1)
 		elog(ERROR, "registering table %s in the pgtimewarp store returned no relation id",
 			 target.display_name);

@@ -55,6 +55,13 @@ extern void pgtw_init_materialized_srf(FunctionCallInfo fcinfo);
 	LogLogicalMessage((prefix), (message), (size), false)
 #endif
 
+/* 17 made wait event sets belong to a resource owner, not a memory context. */
+#if PG_VERSION_NUM >= 170000
+#define pgtw_create_wait_event_set(n) CreateWaitEventSet(NULL, (n))
+#else
+#define pgtw_create_wait_event_set(n) CreateWaitEventSet(TopMemoryContext, (n))
+#endif
+
 /* SHA-256 in pieces: pg_cryptohash from 14 on, the sha2 functions before. */
 #include "common/sha2.h"
 #if PG_VERSION_NUM >= 140000

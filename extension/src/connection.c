@@ -42,6 +42,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
+#include "utils/resowner.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
@@ -49,6 +50,7 @@
 #include "utils/wait_event.h"
 
 #include "pgtimewarp.h"
+#include "compat.h"
 
 /* A remote savepoint standing for the local subtransaction at `level`. */
 typedef struct RemoteSavepoint
@@ -60,6 +62,8 @@ typedef struct RemoteSavepoint
 #define MAX_SAVEPOINTS 64
 
 static PGconn *conn = NULL;
+/* waits for conn's socket, the latch and postmaster death; made once per connection */
+static WaitEventSet *conn_wait = NULL;
 static bool conn_invalidated = false;
 /* a batch is on the wire and not all its results are read */
 static bool conn_busy = false;
@@ -119,6 +123,9 @@ close_connection(bool cancel)
 	}
 	PQfinish(conn);
 	conn = NULL;
+	if (conn_wait != NULL)
+		FreeWaitEventSet(conn_wait);
+	conn_wait = NULL;
 	conn_busy = false;
 	pending_syncs = 0;
 	list_free_deep(prepared);
@@ -143,10 +150,15 @@ is_libpq_option(const char *name, PQconninfoOption *known)
 	return false;
 }
 
-/* The statements each new connection runs first: the canonical settings. */
+/*
+ * The statements each new connection runs first: the canonical settings,
+ * and generic plans for the prepared statements, whose plan (index probes)
+ * is the same for every parameter, so that a lookup is never planned again.
+ */
 #define SESSION_SETUP \
 	"SET search_path = pg_catalog; SET datestyle = ISO; SET intervalstyle = postgres;" \
-	" SET extra_float_digits = 3; SET timezone = 'UTC'; SET application_name = 'pgtimewarp'"
+	" SET extra_float_digits = 3; SET timezone = 'UTC'; SET application_name = 'pgtimewarp';" \
+	" SET plan_cache_mode = force_generic_plan"
 
 static PGresult *wait_result(void);
 
@@ -265,19 +277,26 @@ wait_result(void)
 {
 	while (PQisBusy(conn))
 	{
-		int			rc;
+		WaitEvent	event;
 
 		if (PQsocket(conn) < 0)
 			break;
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
-							   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
+		if (conn_wait == NULL)
+		{
+			/* one epoll set for the connection's life, not one per wait */
+			conn_wait = pgtw_create_wait_event_set(3);
+			AddWaitEventToSet(conn_wait, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+			AddWaitEventToSet(conn_wait, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+			AddWaitEventToSet(conn_wait, WL_SOCKET_READABLE, PQsocket(conn), NULL, NULL);
+		}
+		if (WaitEventSetWait(conn_wait, -1L, &event, 1, PG_WAIT_EXTENSION) < 1)
+			continue;
+		if (event.events & WL_LATCH_SET)
 		{
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
 		}
-		if ((rc & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
+		if ((event.events & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
 			break;
 	}
 	return PQgetResult(conn);

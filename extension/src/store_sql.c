@@ -218,6 +218,10 @@ op_name(char code)
 #define TRACKING_NCOLS 10
 
 /*
+ * OFFSET 0 keeps the planner from pulling these subqueries up into the
+ * expressions that use their columns, which would evaluate the time lookup
+ * once per use.
+ *
  * The position a time stands for (resolve_check() in history.c has the
  * same rules and says why): the last commit in LSN order whose time is
  * <= ts (lsn_time_map's resolve_ts makes that one index probe), clamped to
@@ -234,7 +238,8 @@ op_name(char code)
 	"                     WHEN " ts " > h.h_ts THEN 'h' ELSE 'm' END::\"char\" AS branch," \
 	"                (SELECT m.lsn FROM pgtimewarp_store.lsn_time_map m" \
 	"                  WHERE m.node_id = $1 AND m.resolve_ts <= " ts \
-	"                  ORDER BY m.resolve_ts DESC, m.lsn DESC LIMIT 1) AS mapped) q) "
+	"                  ORDER BY m.resolve_ts DESC, m.lsn DESC LIMIT 1) AS mapped OFFSET 0) q" \
+	"  OFFSET 0) "
 
 #define AT_LSN(lsn) \
 	" CROSS JOIN LATERAL (" \
@@ -242,7 +247,7 @@ op_name(char code)
 	"        WHEN 's' THEN h.untracked_lsn ELSE " lsn " END AS lsn" \
 	"   FROM (SELECT CASE WHEN " lsn " < h.from_lsn THEN 'b'" \
 	"                     WHEN h.untracked_lsn IS NOT NULL AND " lsn " > h.untracked_lsn THEN 's'" \
-	"                     ELSE 'm' END::\"char\" AS branch) q) "
+	"                     ELSE 'm' END::\"char\" AS branch OFFSET 0) q OFFSET 0) "
 
 #define AT_COLUMNS(a) a ".branch, " a ".mapped, " a ".lsn"
 #define AT_NCOLS 3

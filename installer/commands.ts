@@ -6,7 +6,7 @@
 import { Option, type Command } from 'commander';
 
 import { formatNotice, type PgNotice } from './output.js';
-import { asof, diff, status, track, untrack } from './query.js';
+import { asof, asofTable, diff, status, track, untrack } from './query.js';
 import { formatAsof, formatDiff, formatStatus, formatTrack, formatUntrack } from './query-format.js';
 
 const SOURCE_HELP =
@@ -92,27 +92,41 @@ Example:
   common(
     program
       .command('asof')
-      .description('print a row as it was at a time or WAL position, as JSON (pgtimewarp_asof_pk / pgtimewarp_asof_pk_lsn)')
+      .description('print a row as it was at a time or WAL position, as JSON (pgtimewarp_asof_pk / _lsn); without --key, the whole table, as CSV or JSON lines (pgtimewarp_asof_table / _lsn)')
       .argument('<table>', 'a tracked (or formerly tracked) table')
-      .requiredOption('--key <json>', KEY_HELP)
+      .option('--key <json>', `${KEY_HELP}; without it, every row of the table`)
       .addOption(new Option('--at <timestamptz>', TIME_HELP).conflicts('lsn'))
       .addOption(new Option('--lsn <pg_lsn>', 'a WAL position, e.g. 0/1A2B3C4').conflicts('at')),
   )
     .addHelpText('after', `
 Exactly one of --at and --lsn. Exits 0 whether or not a row with that key
 existed then (it says which). A time later than what the agent has stored
-answers with what is known, and PostgreSQL's WARNING says how far history
-is complete.
+answers with what is known, and PostgreSQL's WARNING (on stderr) says how
+far history is complete.
+
+Without --key, every row the table had then, streamed as it is read: CSV
+with a header row (COPY's format: NULL is an empty field, an empty string
+is ""), or with --json one JSON object per row and line (to_jsonb of the
+row), no array around them. Rows come in no particular order.
 
 Examples:
   $ pgtimewarp asof accounts --key '{"id": 42}' --at '2026-11-20 10:42+01'
   {"id": 42, "owner": "alice", "balance": 120.00}
-  $ pgtimewarp asof accounts --key '{"id": 42}' --lsn 0/1A2B3C4 --json`)
-    .action(async (table: string, flags: CommonFlags & { key: string; at?: string; lsn?: string }) => {
+  $ pgtimewarp asof accounts --key '{"id": 42}' --lsn 0/1A2B3C4 --json
+  $ pgtimewarp asof accounts --at '2026-11-20 10:42+01' > accounts-1042.csv
+  $ pgtimewarp asof accounts --lsn 0/1A2B3C4 --json
+  {"id": 42, "owner": "alice", "balance": 120.00}
+  {"id": 43, "owner": "bob", "balance": 7.50}`)
+    .action(async (table: string, flags: CommonFlags & { key?: string; at?: string; lsn?: string }) => {
       if (flags.at === undefined && flags.lsn === undefined) {
         throw new Error('asof needs a point in history: pass --at <timestamptz> or --lsn <pg_lsn>');
       }
-      const result = await asof({ table, key: flags.key, at: flags.at, lsn: flags.lsn, source: flags.source, onNotice: printNotice });
+      const point = { at: flags.at, lsn: flags.lsn, source: flags.source, onNotice: printNotice };
+      if (flags.key === undefined) {
+        await asofTable({ table, ...point, format: flags.json === true ? 'jsonl' : 'csv', out: process.stdout });
+        return;
+      }
+      const result = await asof({ table, key: flags.key, ...point });
       console.log(formatAsof(result, flags.json === true));
     });
 

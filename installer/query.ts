@@ -8,11 +8,15 @@
 // to `onNotice` as they arrive, so the CLI can show them even when a later
 // statement fails.
 
+import { once } from 'node:events';
+import { pipeline } from 'node:stream/promises';
+
 import pg from 'pg';
 
 import { resolveConnections } from './config.js';
+import { CopyOut } from './copy-out.js';
 import { type PgNotice } from './output.js';
-import { describeConnection, quoteIdent } from './query-connection.js';
+import { describeConnection, quoteIdent, quoteLiteral } from './query-connection.js';
 
 /** What every query command takes: where the source is, and who hears notices. */
 export interface SourceOptions {
@@ -103,18 +107,27 @@ async function withSource<T>(opts: SourceOptions, work: (s: SourceSession) => Pr
   }
 }
 
-/** The table a name stands for; PostgreSQL's error when there is none. */
+/**
+ * The table a name stands for, read as SQL reads it (search_path applies,
+ * unquoted names fold to lower case); one clean line when there is none.
+ */
 async function resolveTable(s: SourceSession, table: string): Promise<TableName & { oid: string }> {
-  const res = await s.client.query<{ oid: string; display: string; schema: string; name: string }>(
-    `SELECT c.oid::text AS oid, pg_catalog.format('%I.%I', n.nspname, c.relname) AS display,
+  const res = await s.client.query<{ db: string; oid: string | null; display: string; schema: string; name: string }>(
+    `SELECT pg_catalog.current_database() AS db, c.oid::text AS oid,
+            CASE WHEN c.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, c.relname) END AS display,
             n.nspname AS schema, c.relname AS name
-       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.oid = $1::regclass`,
+       FROM (SELECT pg_catalog.to_regclass($1::text) AS r) q
+       LEFT JOIN pg_catalog.pg_class c ON c.oid = q.r
+       LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace`,
     [table],
   );
-  const row = res.rows[0];
-  if (row === undefined) throw new Error(`table ${table} not found`); // regclass raised already; cannot happen
-  return row;
+  const { db, oid, ...name } = res.rows[0]!;
+  if (oid === null) {
+    throw new Error(
+      `table ${table} does not exist in database "${db}": name it as in SQL, schema-qualified unless its schema is on the search_path`,
+    );
+  }
+  return { oid, ...name };
 }
 
 /**
@@ -280,6 +293,91 @@ export async function asof(opts: AsofOptions): Promise<AsofResult> {
     );
     return { table, key: opts.key, lsn: res.rows[0]!.lsn, row: res.rows[0]!.row, notices: s.notices };
   });
+}
+
+// asof of a whole table --------------------------------------------------
+
+export interface AsofTableOptions extends SourceOptions {
+  table: string;
+  /** A timestamptz (exactly one of at and lsn). */
+  at?: string;
+  /** A pg_lsn (exactly one of at and lsn). */
+  lsn?: string;
+  /** csv: COPY's CSV with a header row; jsonl: one to_jsonb(row) object per line. */
+  format: 'csv' | 'jsonl';
+  /** Where the rows go as they arrive (stdout for the CLI); not ended. */
+  out: NodeJS.WritableStream;
+  /** Rows per FETCH for jsonl.  Default 1000. */
+  batchRows?: number;
+}
+
+export interface AsofTableResult {
+  table: TableName;
+  /** The time asked for, as PostgreSQL read it (absent for lsn). */
+  at?: string;
+  lsn?: string;
+  /** How many rows were written to `out`. */
+  rows: number;
+  notices: PgNotice[];
+}
+
+/**
+ * pgtimewarp_asof_table / pgtimewarp_asof_table_lsn: every row of the table
+ * as it was, streamed to opts.out, never all of it in memory: CSV through
+ * COPY TO STDOUT, JSON lines through a cursor fetched in batches.
+ */
+export async function asofTable(opts: AsofTableOptions): Promise<AsofTableResult> {
+  if ((opts.at === undefined) === (opts.lsn === undefined)) {
+    throw new Error('asof needs exactly one point in history: a time (--at <timestamptz>) or a WAL position (--lsn <pg_lsn>)');
+  }
+  return withSource(opts, async (s) => {
+    const { display, schema, name } = await resolveTable(s, opts.table);
+    // COPY and DECLARE take no parameters: the point goes into the statement
+    // as a literal of the server's own output for it, read once, so 'now'
+    // is one moment and nothing the user typed reaches the SQL text
+    const point = opts.at !== undefined
+      ? (await s.client.query<{ p: string }>(`SELECT $1::timestamptz::text AS p`, [opts.at])).rows[0]!.p
+      : (await s.client.query<{ p: string }>(`SELECT $1::pg_lsn::text AS p`, [opts.lsn])).rows[0]!.p;
+    const rows = opts.at !== undefined
+      ? `${s.fn}.pgtimewarp_asof_table(NULL::${display}, ${quoteLiteral(point)}::timestamptz)`
+      : `${s.fn}.pgtimewarp_asof_table_lsn(NULL::${display}, ${quoteLiteral(point)}::pg_lsn)`;
+    const written = opts.format === 'csv'
+      ? await copyCsv(s.client, rows, opts.out)
+      : await fetchJsonLines(s.client, rows, opts.out, opts.batchRows ?? 1000);
+    return {
+      table: { display, schema, name },
+      ...(opts.at !== undefined ? { at: point } : { lsn: point }),
+      rows: written,
+      notices: s.notices,
+    };
+  });
+}
+
+/** COPY (SELECT * FROM <rows>) as CSV with a header, into `out`. */
+async function copyCsv(client: pg.Client, rows: string, out: NodeJS.WritableStream): Promise<number> {
+  const copy = client.query(new CopyOut(`COPY (SELECT * FROM ${rows}) TO STDOUT WITH (FORMAT csv, HEADER)`));
+  await pipeline(copy, out, { end: false });
+  return copy.rowCount;
+}
+
+/** Each row of <rows> as to_jsonb text, one a line, into `out`: a cursor, FETCH by FETCH. */
+async function fetchJsonLines(client: pg.Client, rows: string, out: NodeJS.WritableStream, batchRows: number): Promise<number> {
+  await client.query('BEGIN');
+  try {
+    await client.query(`DECLARE pgtimewarp_rows NO SCROLL CURSOR FOR SELECT pg_catalog.to_jsonb(r)::text FROM ${rows} AS r`);
+    let written = 0;
+    for (;;) {
+      const batch = await client.query<[string]>({ text: `FETCH ${batchRows} FROM pgtimewarp_rows`, rowMode: 'array' });
+      if (batch.rows.length === 0) break;
+      written += batch.rows.length;
+      if (!out.write(`${batch.rows.map((r) => r[0]).join('\n')}\n`)) await once(out, 'drain');
+    }
+    await client.query('COMMIT');
+    return written;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  }
 }
 
 // diff --------------------------------------------------------------------

@@ -3,7 +3,7 @@
 // The store keeps every value as the text its type's output function prints
 // under fixed settings, and a row's key as the text[] of its primary key
 // columns' values in key order.  The extension computes keys from the JSON a
-// caller passes (pgtimewarp_pk_key() in extension/pgtimewarp.c); the agent
+// caller passes (pgtimewarp_pk_key() in extension/src/keys.c); the agent
 // computes them from the text the walsender sends.  Both must agree byte for
 // byte, and test/e2e/key-encoding.test.ts checks that they do.
 //

@@ -1,5 +1,5 @@
 // A fresh horizon end to end, on each plugin, with the store on the
-// source's cluster as on a one-host install (extension/horizon.c,
+// source's cluster as on a one-host install (extension/src/horizon.c,
 // agent/run.ts): an as-of at now(), a second after the last commit, answers
 // the new value without the "complete only up to" warning.  The store's own
 // WAL (the agent's commits and heartbeats) keeps the source's WAL position

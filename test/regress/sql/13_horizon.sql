@@ -1,5 +1,5 @@
 --
--- How far history is complete "now" (extension/horizon.c).  A time later
+-- How far history is complete "now" (extension/src/horizon.c).  A time later
 -- than the agent's checkpoint is answered with a warning, unless the
 -- checkpoint in the store snapshot is at or past the source's WAL position
 -- at the transaction's first store read: then every commit made before that

@@ -602,10 +602,15 @@ broken:
 			stmts[i].result = NULL;
 		}
 		close_connection(false);
-		if (began && retry_ok && !xact_wrote)
+		if (began && retry_ok)
 		{
-			/* a connection the store closed since the last call: nothing was lost */
+			/*
+			 * A connection the store closed since the last call (a restart):
+			 * the remote transaction began in this batch, so nothing was
+			 * read or written in it yet, and the batch can go again.
+			 */
 			xact_open = false;
+			xact_wrote = false;
 			nsavepoints = 0;
 			return false;
 		}
@@ -637,6 +642,16 @@ pgtw_store_run(StoreStatement *stmts, int n)
 {
 	check_usable();
 	pgtw_note_store_read();
+	if (conn != NULL && conn_busy)
+	{
+		/* an error left answers unread: the connection cannot be trusted */
+		close_connection(true);
+		if (xact_open)
+		{
+			xact_lost = true;
+			check_usable();
+		}
+	}
 	if (conn != NULL && pending_syncs > 0)
 		drain_pending();
 	if (conn != NULL && !xact_open && (conn_invalidated || connection_broken()))
@@ -845,14 +860,14 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		int			first = nsavepoints;
 
-		if (!xact_open)
-			return;
-		if (conn == NULL || conn_busy || connection_broken())
+		if (conn != NULL && (conn_busy || connection_broken()))
 		{
 			close_connection(true);
-			xact_lost = true;
+			xact_lost |= xact_open;
 			return;
 		}
+		if (!xact_open || conn == NULL)
+			return;
 		while (first > 0 && savepoints[first - 1].level >= level)
 			first--;
 		if (first < nsavepoints)

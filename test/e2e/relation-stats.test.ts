@@ -6,10 +6,8 @@
 // deletes, TRUNCATE tombstones, transactions across tables, batches of
 // many small transactions, and transactions big enough to be spilled to the
 // store piece by piece (which write their versions in SQL, not by COPY).
-//
-// The tables are empty when tracked, so the baseline adds nothing: the
-// count of a baseline is pgtimewarp_track's to write (the extension), and
-// its regression suite checks it.
+// Two of the tables have rows when tracked: pgtimewarp_track (the extension,
+// 0.4 on) counts their baseline, and the agent adds to that count.
 
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -85,7 +83,15 @@ describe('relation_stats after the agent applied a mixed workload', () => {
     await source.query(`CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL, note text)`);
     await source.query(`CREATE TABLE docs (id int PRIMARY KEY, title text, body text)`);
     await source.query(`CREATE TABLE ledger (id bigint PRIMARY KEY, amount numeric)`);
+    await source.query(`INSERT INTO accounts SELECT g, 0, NULL FROM generate_series(500, 549) g`);
+    await source.query(`INSERT INTO ledger SELECT g, 0 FROM generate_series(5000, 5009) g`);
     for (const table of ['accounts', 'docs', 'ledger']) await source.query(`SELECT pgtimewarp_track($1)`, [table]);
+    const baselines = await store.query<{ table_name: string; versions: string }>(
+      `SELECT r.table_name, s.versions::text FROM pgtimewarp_store.tracked_relations r
+         JOIN pgtimewarp_store.relation_stats s USING (relation_id) WHERE r.node_id = $1 ORDER BY r.table_name`, [plugin]);
+    expect(baselines.rows).toEqual([
+      { table_name: 'accounts', versions: '50' }, { table_name: 'docs', versions: '0' }, { table_name: 'ledger', versions: '10' },
+    ]);
 
     for (const sql of WORKLOAD) await source.query(sql);
     const end = (await source.query<{ lsn: string }>(`SELECT pg_current_wal_lsn()::text AS lsn`)).rows[0]!.lsn;

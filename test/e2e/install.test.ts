@@ -388,6 +388,28 @@ describe('passwords never reach the server log', () => {
     // the session's settings are as they were
     expect((await client.query<{ s: string }>(`SELECT current_setting('log_statement') AS s`)).rows[0]!.s).toBe('all');
     await client.query(`SELECT 'after the secret' AS marker`);
+
+    // lookups connect to the store with the user mapping's password (extension 0.4's own
+    // connection): it is in no log line, nor in pg_stat_activity, where the connection shows
+    // as application pgtimewarp
+    await client.query('CREATE TABLE secrets_kept (id int PRIMARY KEY, v text)');
+    await client.query(`INSERT INTO secrets_kept VALUES (1, 'x')`);
+    await client.query(`SELECT pgtimewarp_track('secrets_kept')`);
+    expect((await client.query<{ v: string }>(`SELECT pgtimewarp_asof_pk('secrets_kept', '{"id": 1}', now()) ->> 'v' AS v`)).rows[0]!.v).toBe('x');
+    expect((await client.query('SELECT * FROM pgtimewarp_asof_table(NULL::secrets_kept, now())')).rows).toEqual([{ id: 1, v: 'x' }]);
+    const activity = await c.connect('app');
+    const storeSessions = async (): Promise<string[]> =>
+      (await activity.query<{ row: string }>(`SELECT a::text AS row FROM pg_stat_activity a WHERE application_name = 'pgtimewarp'`)).rows.map((r) => r.row);
+    const sessions = await storeSessions();
+    expect(sessions).toHaveLength(1);
+    for (const row of sessions) for (const password of passwords) expect(row).not.toContain(password);
+    // a changed user mapping: the next transaction connects again with it
+    await queryUnlogged(activity, `ALTER USER MAPPING FOR postgres SERVER pgtimewarp_store OPTIONS (SET password '${config.fdwPassword}')`);
+    expect((await client.query<{ v: string }>(`SELECT pgtimewarp_asof_pk('secrets_kept', '{"id": 1}', now()) ->> 'v' AS v`)).rows[0]!.v).toBe('x');
+    const after = await storeSessions();
+    expect(after).toHaveLength(1);
+    expect(after[0]!.split(',')[2]).not.toBe(sessions[0]!.split(',')[2]);
+    await activity.end();
     await client.end();
 
     const log = readFileSync(c.logFile, 'utf8');

@@ -5,7 +5,7 @@
  *		keys (asof_pks), a whole table (asof_table, asof_table_lsn).
  *
  * Each call reads the store in one statement (store_sql.c), in the local
- * transaction's store snapshot (connection.c).
+ * transaction's store snapshot (remote_xact.c).
  *
  *-------------------------------------------------------------------------
  */

@@ -8,7 +8,7 @@
  * questions about it from the source database: it resolves the table by
  * regclass, turns the caller's JSON key into the store's canonical key, and
  * reads the version that was visible at a time, over its own connection to
- * the store (connection.c), in one statement per call (store_sql.c).
+ * the store (connection.c, remote_xact.c), in one statement per call (store_sql.c).
  * pgtimewarp.h lists the files and what each one does.
  *
  * The caller never sees store credentials: the connection is made with the
@@ -43,6 +43,7 @@ _PG_init(void)
 {
 	pgtw_horizon_init();
 	pgtw_connection_init();
+	pgtw_remote_xact_init();
 }
 
 /* ----------------------------------------------------------------

@@ -6,8 +6,10 @@
  * Where things live (one concern per file):
  *
  *	pgtimewarp.c	module init, small helpers, canonical output settings
- *	connection.c	the store connection: libpq, its remote transaction tied
- *					to the local one, savepoints, errors
+ *	connection.c	the store connection: built from the foreign server and
+ *					user mapping, waiting for answers, errors
+ *	remote_xact.c	running statements in a remote transaction tied to the
+ *					local one: pipelined batches, savepoints, COPY
  *	store_sql.c		every statement sent to the store, and reading results
  *	source.c		the source table: privileges, row security, its key,
  *					the node id and the extension owner
@@ -134,7 +136,7 @@ extern char *join_names(char **names, int n);
 extern int	canonical_settings_begin(void);
 extern void canonical_settings_end(int level);
 
-/* connection.c */
+/* remote_xact.c (connection.c: the connection itself) */
 typedef struct StoreStatement
 {
 	const char *name;			/* prepared once per connection; NULL: unnamed */
@@ -155,6 +157,7 @@ extern void pgtw_store_copy_data(const char *data, int len);
 extern int64 pgtw_store_copy_end(const char *sql);
 extern void pgtw_store_clear(PGresult *res);
 extern void pgtw_connection_init(void);
+extern void pgtw_remote_xact_init(void);
 
 /* store_sql.c */
 #define VERSION_RESULT_COLUMNS 4	/* version_result() reads this many */

@@ -5,7 +5,7 @@
  *		and attach (history to a restored table).
  *
  * Changes to the store are made in the local transaction's remote
- * transaction, committed just before the local one (connection.c): a
+ * transaction, committed just before the local one (remote_xact.c): a
  * tracking that rolls back leaves nothing in the store.
  *
  *-------------------------------------------------------------------------

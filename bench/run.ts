@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { extensionDir, packageRoot } from '../installer/paths.js';
+import { asofTable, asofTableMarkdown, type AsofTableResult } from './asof-table.js';
 import { asof, asofMarkdown, type AsofResult } from './asof.js';
 import { ingestSizes, writeBacklog, type Backlog } from './backlog.js';
 import { catchupMarkdown, catchupResult, drainWithAgent, type AgentDrain, type CatchupResult } from './catchup.js';
@@ -19,7 +20,7 @@ import { measurePeriods, measureStore, storageMarkdown, type StorageResult, type
 import { ensurePeriods, machine, progress, type Machine } from './support.js';
 import { DURABLE_SETTINGS, writePath, writePathMarkdown, type WritePathResult } from './write-path.js';
 
-const SECTIONS = ['ingest', 'write-path', 'asof', 'catchup', 'storage', 'live', 'freshness'] as const;
+const SECTIONS = ['ingest', 'write-path', 'asof', 'whole-table', 'catchup', 'storage', 'live', 'freshness'] as const;
 type Section = (typeof SECTIONS)[number];
 const PLUGINS = ['pgoutput', 'wal2json'] as const;
 type Plugin = (typeof PLUGINS)[number];
@@ -37,6 +38,12 @@ Sections (all by default):
               periods (trigger-based system versioning)
   asof        p50/p95/p99 of pgtimewarp_asof_pk against a direct store
               lookup and periods' as-of query; 10,000 lookups in one query
+              (one pgtimewarp_asof_pk per key, and pgtimewarp_asof_pks);
+              pgtimewarp_diff_pk of a key with 10 versions against the
+              same reads in the store
+  whole-table rows/s of every row as of an early, a middle and a late
+              time (pgtimewarp_asof_table, by time and by LSN) against
+              periods' as-of function, 100,000 rows of 10 versions each
   catchup     time from the backlog to zero lag; the agent's peak RSS
   storage     bytes per row version: store against periods' history table
   live        pgbench's built-in TPC-B (-b tpcb-like after -i -s 10, 8
@@ -53,7 +60,8 @@ Sections (all by default):
 
 Options:
   --quick            reduced sizes, one repetition: a smoke run of a few minutes
-                     (live: scale 1, 15 s; freshness: 10 samples each)
+                     (live: scale 1, 15 s; freshness: 10 samples each;
+                     whole-table: 10,000 rows)
   --sections LIST    comma-separated sections to run (${SECTIONS.join(',')})
   --plugins LIST     plugins for ingest and catch-up (default pgoutput,wal2json)
   --reps N           repetitions (default 3; with --quick 1)
@@ -142,6 +150,7 @@ interface Results {
   ingest?: IngestResult;
   writePath?: WritePathResult;
   asof?: AsofResult;
+  wholeTable?: AsofTableResult;
   catchup?: CatchupResult;
   storage?: StorageResult;
   live?: LiveResult;
@@ -180,6 +189,7 @@ function markdown(r: Results): string {
   section('5. Storage', r.storage && storageMarkdown(r.storage));
   section('6. Live load (TPC-B)', r.live && liveMarkdown(r.live));
   section('7. Freshness', r.freshness && freshnessMarkdown(r.freshness));
+  section('8. Whole table as of a time', r.wholeTable && asofTableMarkdown(r.wholeTable));
   for (const [name, error] of Object.entries(r.errors)) parts.push(`**${name} failed:** ${error}`);
   return parts.join('\n\n') + '\n';
 }
@@ -193,7 +203,7 @@ async function main(): Promise<number> {
   await step('make', ['-C', extensionDir]);
   await step('make', ['-C', extensionDir, 'install']);
   await step(process.execPath, [join(packageRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json']);
-  const needsPeriods = ['write-path', 'asof', 'storage', 'live'].some((x) => opts.sections.has(x as Section));
+  const needsPeriods = ['write-path', 'asof', 'whole-table', 'storage', 'live'].some((x) => opts.sections.has(x as Section));
   const periods = needsPeriods ? await ensurePeriods(opts.install) : false;
 
   const results: Results = {
@@ -241,6 +251,9 @@ async function main(): Promise<number> {
       keys: opts.quick ? 2_000 : 10_000, rounds: opts.quick ? 4 : 10, samples: opts.quick ? 300 : 2_000,
       repetitions: opts.reps, periods, seed: opts.seed,
     });
+  });
+  if (s.has('whole-table')) await guarded(results, ['whole-table'], async () => {
+    results.wholeTable = await asofTable({ rows: opts.quick ? 10_000 : 100_000, repetitions: opts.reps, periods });
   });
   if (s.has('live')) await guarded(results, ['live'], async () => {
     results.live = await live({

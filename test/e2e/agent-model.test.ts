@@ -49,6 +49,21 @@
 // and the version's row from k have the key in both or in neither, and
 // agree on every column both have -- a write the model missed shows there.
 //
+// pgtimewarp_asof_table(NULL::items, t) and pgtimewarp_asof_table_lsn
+// (NULL::items, L) at every recorded point (t: clock_timestamp() read right
+// after the transaction's commit, before the next one), as sets of rows: one
+// row per key the model has present there, each the version's row typed as
+// the table is now -- columns the table has now, those the version was
+// written without NULL, dropped ones gone (model.as_typed) -- compared as
+// to_jsonb(row)::text, ordered by id, so a row missing, doubled, stale or
+// from the future shows.  That is the table's content then, typed as now,
+// but for one case: a column added later with a DEFAULT, which the table
+// shows in rows untouched since and the answer shows as NULL (README:
+// "added ones are NULL").  pgtimewarp_asof_pks('items', keys, t) at every
+// recorded time, for every key ever seen in a shuffled order plus a
+// repeated key and one never seen: one row per key in input order, pk the
+// key given, row_data what pgtimewarp_asof_pk answers for that key and time.
+//
 // pgtimewarp_diff_pk over the whole tracked range, for every key: the ops
 // in order, row_data (as above), changed_columns (as a set, computed from
 // the stored text as the extension does), valid_from_lsn after the snapshot
@@ -222,6 +237,8 @@ function ident(name: string): string {
 /** The table right after a transaction: id -> to_jsonb(row)::text. */
 interface Snapshot {
   lsn: string;
+  /** clock_timestamp() as text (microseconds) when it was recorded: after its commit, before the next. */
+  ts: string;
   rows: Map<number, string>;
   /** What produced it, for messages. */
   label: string;
@@ -253,8 +270,8 @@ class Model {
 
   /** Record the table as it is now. */
   async snapshot(label: string): Promise<Snapshot> {
-    const res = await this.db.query<{ lsn: string; rows: string }>(
-      `SELECT pg_current_wal_insert_lsn()::text AS lsn,
+    const res = await this.db.query<{ lsn: string; ts: string; rows: string }>(
+      `SELECT pg_current_wal_insert_lsn()::text AS lsn, clock_timestamp()::text AS ts,
               coalesce((SELECT json_agg(json_build_array(id, md5(to_jsonb(whole_row)::text)) ORDER BY id) FROM items whole_row), '[]')::text AS rows`,
     );
     const hashes = JSON.parse(res.rows[0]!.rows) as Array<[number, string]>;
@@ -273,7 +290,7 @@ class Model {
       rows.set(id, text);
       this.everSeen.add(id);
     }
-    const snap = { lsn: res.rows[0]!.lsn, rows, label };
+    const snap = { lsn: res.rows[0]!.lsn, ts: res.rows[0]!.ts, rows, label };
     this.snapshots.push(snap);
     return snap;
   }
@@ -646,6 +663,13 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
            ELSE to_jsonb(e.value::text) END), '{}')
     FROM jsonb_each(r) e
 $$;
+-- A version's row (to_jsonb of the table then) as a row of the table's type
+-- now: every column it has now, NULL where the version has none; dropped
+-- columns are not in the type.
+CREATE FUNCTION model.as_typed(r jsonb, columns text[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE STRICT AS $$
+  SELECT jsonb_object_agg(c, coalesce(r -> c, 'null'::jsonb)) FROM unnest(columns) c
+$$;
 -- The model checked against the table: present in both or neither, and
 -- equal (as text) on every column both have.
 CREATE FUNCTION model.agrees(version_row jsonb, table_row jsonb) RETURNS boolean
@@ -663,6 +687,13 @@ LANGUAGE sql IMMUTABLE AS $$
    WHERE (prev -> k)::text IS DISTINCT FROM (cur -> k)::text
 $$;
 `;
+
+/** The names of the table's columns now. */
+async function columnsNow(db: pg.Client): Promise<string[]> {
+  return (await db.query<{ names: string[] }>(
+    `SELECT array_agg(attname::text) AS names FROM pg_attribute WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped`,
+  )).rows[0]!.names;
+}
 
 /** got vs want, around where they first differ. */
 function showDifference(got: string | null, want: string | null): string {
@@ -781,9 +812,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
     onFailure();
     const started = Date.now();
     const { source } = timewarp;
-    const columnsNow = (await source.query<{ names: string[] }>(
-      `SELECT array_agg(attname::text) AS names FROM pg_attribute WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped`,
-    )).rows[0]!.names;
+    const columns = await columnsNow(source);
     const lsns = model.snapshots.map((s) => s.lsn);
     const failures: string[] = [];
     let compared = 0;
@@ -809,7 +838,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
           CROSS JOIN LATERAL (SELECT pgtimewarp_asof_pk_lsn('items', $1::jsonb, x.lsn)::text AS got) a
           CROSS JOIN LATERAL (SELECT model.as_now(($5::text[])[x.w]::jsonb, $6::text[])::text AS want) b
           CROSS JOIN LATERAL (SELECT model.agrees(($5::text[])[x.w]::jsonb, ($5::text[])[x.t]::jsonb) AS ok) c`,
-        [JSON.stringify({ id }), lsns, expected, inTable, texts, columnsNow],
+        [JSON.stringify({ id }), lsns, expected, inTable, texts, columns],
       );
       compared += Number(res.rows[0]!.n);
       for (const b of res.rows[0]!.bad ?? []) {
@@ -825,6 +854,123 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
     expect(failures.slice(0, 12), `${failures.length} mismatches; ${replay}`).toEqual([]);
   });
 
+  it('answers pgtimewarp_asof_table and pgtimewarp_asof_table_lsn with the model\'s rows at every recorded point', { timeout: 240_000 }, async (ctx) => {
+    // the workload's test has failed already: nothing to compare
+    if (!stored || timewarp === undefined || model === undefined) return ctx.skip();
+    onFailure();
+    const started = Date.now();
+    const { source } = timewarp;
+    const m = model;
+    const ids = [...m.everSeen].sort((a, b) => a - b);
+    // each version row once; per snapshot, the rows present as indexes into them
+    const texts: string[] = [];
+    const textIndex = new Map<string, number>();
+    const present = m.snapshots.map((_, seq) => ids.flatMap((id) => {
+      const v = m.versionAt(id, seq);
+      if (v === undefined || v.op === 'delete' || v.op === 'truncate') return [];
+      const text = m.snapshots[v.seq]!.rows.get(id);
+      if (text === undefined) throw new Error(`model: no row for id ${id} in snapshot ${v.seq}`);
+      let i = textIndex.get(text);
+      if (i === undefined) textIndex.set(text, i = texts.push(text) - 1);
+      return [{ id, i }];
+    }));
+    const typed = (await source.query<{ row: string }>(
+      `SELECT model.as_typed(u.r::jsonb, $2::text[])::text AS row FROM unnest($1::text[]) WITH ORDINALITY AS u(r, i) ORDER BY u.i`,
+      [texts, await columnsNow(source)],
+    )).rows.map((r) => r.row);
+
+    const failures: string[] = [];
+    let compared = 0;
+    const FUNCTIONS = [
+      { name: 'pgtimewarp_asof_table', at: (snap: Snapshot) => snap.ts, sql: `pgtimewarp_asof_table(NULL::items, $1::timestamptz)` },
+      { name: 'pgtimewarp_asof_table_lsn', at: (snap: Snapshot) => snap.lsn, sql: `pgtimewarp_asof_table_lsn(NULL::items, $1::pg_lsn)` },
+    ];
+    for (const fn of FUNCTIONS) {
+      for (const [seq, snap] of m.snapshots.entries()) {
+        if (failures.length >= 24) break;
+        const where = `${fn.name} at ${fn.at(snap)} (snapshot ${seq}, ${snap.label})`;
+        const want = present[seq]!.map((p) => ({ id: p.id, row: typed[p.i]! }));
+        let got: string[];
+        try {
+          got = (await source.query<{ rows: string[] }>(
+            `SELECT coalesce(array_agg(to_jsonb(r)::text ORDER BY r.id), '{}') AS rows FROM ${fn.sql} r`, [fn.at(snap)],
+          )).rows[0]!.rows;
+        } catch (err) {
+          failures.push(`${where}: ${(err as Error).message}`);
+          continue;
+        }
+        compared++;
+        if (JSON.stringify(got) === JSON.stringify(want.map((w) => w.row))) continue;
+        const gotIds = got.map((row) => (JSON.parse(row) as { id: number }).id);
+        const missing = want.filter((w) => !gotIds.includes(w.id)).map((w) => w.id);
+        const extra = gotIds.filter((id, i) => !want.some((w) => w.id === id) || gotIds.indexOf(id) !== i);
+        const differ = want.flatMap((w) => {
+          const g = got[gotIds.indexOf(w.id)];
+          return g === undefined || g === w.row ? [] : [`id ${w.id}: ${showDifference(g, w.row)}`];
+        });
+        failures.push(`${where}: ${got.length} rows, want ${want.length}` +
+          (missing.length > 0 ? `; missing ids ${missing.join(', ')}` : '') +
+          (extra.length > 0 ? `; extra or repeated ids ${extra.join(', ')}` : '') +
+          (differ.length > 0 ? `; ${differ.length} rows differ, first ${differ[0]}` : ''));
+      }
+    }
+    console.log(`agent model (${plugin}, seed ${seed}): ${compared} whole-table answers compared in ${Date.now() - started} ms`);
+    expect(failures.slice(0, 12), `${failures.length} mismatches; ${replay}`).toEqual([]);
+    expect(compared).toBe(2 * m.snapshots.length);
+  });
+
+  it('answers pgtimewarp_asof_pks for many keys as pgtimewarp_asof_pk answers each, at every recorded time', { timeout: 240_000 }, async (ctx) => {
+    // the workload's test has failed already: nothing to compare
+    if (!stored || timewarp === undefined || model === undefined) return ctx.skip();
+    onFailure();
+    const started = Date.now();
+    const { source } = timewarp;
+    // every key ever seen, shuffled, then one again and one never seen
+    const r = new Random(seed + 1);
+    const keys = [...model.everSeen].sort((a, b) => a - b);
+    for (let i = keys.length - 1; i > 0; i--) {
+      const j = r.int(0, i);
+      [keys[i], keys[j]] = [keys[j]!, keys[i]!];
+    }
+    keys.push(keys[0]!, 100_000);
+    const pks = keys.map((id) => JSON.stringify({ id }));
+    const failures: string[] = [];
+    let compared = 0;
+    for (const [seq, snap] of model.snapshots.entries()) {
+      if (failures.length >= 24) break;
+      const where = `at ${snap.ts} (snapshot ${seq}, ${snap.label})`;
+      let res: pg.QueryResult<{ n: string; bad: Array<{ o: number; want_pk: string | null; got_pk: string | null; want: string | null; got: string | null }> | null }>;
+      try {
+        res = await source.query(
+          `WITH want AS (
+             SELECT k.o, k.pk, pgtimewarp_asof_pk('items', k.pk, $2::timestamptz)::text AS row
+               FROM unnest($1::jsonb[]) WITH ORDINALITY AS k(pk, o)),
+           got AS (
+             SELECT p.o, p.pk, p.row_data::text AS row
+               FROM pgtimewarp_asof_pks('items', $1::jsonb[], $2::timestamptz) WITH ORDINALITY AS p(pk, row_data, o))
+           SELECT (SELECT count(*) FROM got) AS n,
+                  json_agg(json_build_object('o', o, 'want_pk', want.pk::text, 'got_pk', got.pk::text, 'want', want.row, 'got', got.row) ORDER BY o)
+                    FILTER (WHERE want.o IS NULL OR got.o IS NULL OR want.pk IS DISTINCT FROM got.pk OR want.row IS DISTINCT FROM got.row) AS bad
+             FROM want FULL JOIN got USING (o)`,
+          [pks, snap.ts],
+        );
+      } catch (err) {
+        failures.push(`${where}: ${(err as Error).message}`);
+        continue;
+      }
+      compared += keys.length;
+      if (Number(res.rows[0]!.n) !== keys.length) failures.push(`${where}: ${res.rows[0]!.n} rows for ${keys.length} keys`);
+      for (const b of res.rows[0]!.bad ?? []) {
+        failures.push(`${where}, key ${b.o} of ${keys.length} (${b.want_pk ?? 'none given'}): ` +
+          (b.got_pk === null ? 'no row' : b.want_pk === null ? `an extra row for ${b.got_pk}` :
+            b.got_pk !== b.want_pk ? `pk ${b.got_pk}` : `row_data ${showDifference(b.got, b.want)} (want: what pgtimewarp_asof_pk answers)`));
+      }
+    }
+    console.log(`agent model (${plugin}, seed ${seed}): ${compared} keys looked up with pgtimewarp_asof_pks in ${Date.now() - started} ms`);
+    expect(failures.slice(0, 12), `${failures.length} mismatches; ${replay}`).toEqual([]);
+    expect(compared).toBe(model.snapshots.length * keys.length);
+  });
+
   it('gives every key exactly the model\'s versions with pgtimewarp_diff_pk', { timeout: 240_000 }, async (ctx) => {
     // the workload's test has failed already: nothing to compare
     if (!stored || timewarp === undefined || model === undefined) return ctx.skip();
@@ -835,9 +981,10 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
       `SELECT tracked_from_ts::text AS from_ts FROM pgtimewarp_status() WHERE table_name = 'items'`,
     );
     const fromTs = status.rows[0]!.from_ts;
-    const columnsNow = (await source.query<{ names: string[] }>(
-      `SELECT array_agg(attname::text) AS names FROM pg_attribute WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped`,
-    )).rows[0]!.names;
+    // the agent is stopped: a call about now() would wait for it (up to a
+    // second each) before answering with what is stored, which is complete
+    await source.query(`SET pgtimewarp.horizon_wait = 0`);
+    const columns = await columnsNow(source);
     const problems: string[] = [];
     let checked = 0;
     /** The first snapshot taken at or after an LSN. */
@@ -852,7 +999,7 @@ describe.each(['pgoutput', 'wal2json'] as const)('the agent on %s against the mo
       const want = (await source.query<{ row: string | null; changed: string[] }>(
         `SELECT model.as_now(u.r::jsonb, $3::text[])::text AS row, model.changed(u.p::jsonb, u.r::jsonb) AS changed
            FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(r, p, i) ORDER BY u.i`,
-        [rows, rows.map((_, i) => (i === 0 ? null : rows[i - 1])), columnsNow],
+        [rows, rows.map((_, i) => (i === 0 ? null : rows[i - 1])), columns],
       )).rows.map((r, i) => ({
         op: versions[i]!.op,
         row: r.row,

@@ -33,3 +33,43 @@ AS 'MODULE_PATHNAME', 'pgtimewarp_ping'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION pgtimewarp_ping() IS
     'the store''s server version, read over the connection lookups use; an error says why the store cannot be reached';
+
+-- The DDL log rows of a transaction whose commit the agent has just decoded.
+-- The walsender can decode a commit before the committing backend leaves the
+-- proc array, so the snapshot's xmax (the next xid it knows of) may still be
+-- the transaction's own xid, or below it: the 32-bit xid names the full xid
+-- nearest to xmax, on either side, not the one below it (0.3 took the one
+-- below, skipped to the previous epoch, and found no rows: the agent then
+-- ignored a real rename).
+CREATE OR REPLACE FUNCTION pgtimewarp_ddl_events(first_id bigint, last_id bigint, xid bigint)
+RETURNS TABLE (id bigint, relid oid, event text, schema_name text, table_name text, columns jsonb)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    next numeric := pg_snapshot_xmax(pg_current_snapshot())::text::numeric;
+    full_xid numeric := next - (next % 4294967296) + pgtimewarp_ddl_events.xid;
+BEGIN
+    IF full_xid > next + 2147483648 THEN
+        full_xid := full_xid - 4294967296;  -- from the epoch before
+    ELSIF full_xid < next - 2147483648 THEN
+        full_xid := full_xid + 4294967296;  -- from the next epoch
+    END IF;
+    IF full_xid < 3 THEN
+        RETURN;
+    END IF;
+    -- committed in the WAL, perhaps not yet visible: wait until it is
+    FOR i IN 1..1000 LOOP
+        EXIT WHEN pg_xact_status(full_xid::text::xid8) IS DISTINCT FROM 'in progress';
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+    RETURN QUERY
+    SELECT l.id, l.relid, l.event, l.schema_name, l.table_name, l.columns
+      FROM pgtimewarp.ddl_log l
+     WHERE l.id BETWEEN first_id AND last_id
+       AND l.xid = full_xid::text::xid8
+     ORDER BY l.id;
+END;
+$$;

@@ -1,7 +1,8 @@
 // As-of latency: one row as of a time, three ways, for random keys at
 // random times within the recorded history, each a prepared statement from
 // one client connection, timed at the client:
-// - pgtimewarp_asof_pk in the source database (through postgres_fdw);
+// - pgtimewarp_asof_pk in the source database (over the extension's own
+//   store connection);
 // - the direct lookup in the store: the two index probes the extension
 //   makes (time -> LSN in lsn_time_map, then the key's latest version at
 //   or before it in row_versions), run in the store database itself;
@@ -374,7 +375,7 @@ async function timelines(a: {
 
 export function asofMarkdown(r: AsofResult): string {
   const names: Record<Method, string> = {
-    pgtimewarp: '`pgtimewarp_asof_pk` (source, through postgres_fdw)',
+    pgtimewarp: '`pgtimewarp_asof_pk` (source, over the extension\'s store connection)',
     store: 'direct index lookup in the store (`lsn_time_map` + `row_versions`)',
     periods: 'periods: `lk_p__as_of(ts) WHERE id = k` (history indexed)',
   };

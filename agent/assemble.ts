@@ -254,6 +254,8 @@ export interface IdentityChange {
   columns?: Record<string, string>;
   renamedColumns?: Array<{ old: string; new: string }>;
   pkColumns?: string[];
+  /** For 'columns': attnums of the columns the change added (migrations/6_column_additions.sql). */
+  addedColumns?: number[];
 }
 
 /** Distinct tracking events one transaction keeps; pgtimewarp_track writes one per table. */

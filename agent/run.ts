@@ -694,7 +694,10 @@ class SourceCatalog implements Catalog {
           .filter(([attnum, name]) => t.columns?.[attnum] !== undefined && t.columns[attnum] !== name)
           .map(([attnum, name]) => ({ old: t.columns![attnum]!, new: name }));
         const pkColumns = t.pkColumns.map((p) => renamedColumns.find((r) => r.old === p)?.new ?? p);
-        changes.push({ kind: 'columns', ...names, schema: e.schema, table: e.table, columns: e.columns, renamedColumns, pkColumns });
+        // added: a version stored before reads the column's missing value from here on (the extension)
+        const addedColumns = t.columns === null || t.columns === undefined ? [] : Object.keys(e.columns)
+          .filter((attnum) => t.columns![attnum] === undefined).map(Number);
+        changes.push({ kind: 'columns', ...names, schema: e.schema, table: e.table, columns: e.columns, renamedColumns, pkColumns, addedColumns });
       }
     }
     return changes;

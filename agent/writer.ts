@@ -387,15 +387,19 @@ export class StoreWriter {
           { relationId: c.relationId, lsn: commit.lsn });
       }
       if (c.kind === 'columns') {
-        // a version written before a rename is read with the new name (the extension's rename_columns)
+        // a version written before a rename is read with the new name (the extension's rename_columns);
+        // one written before a column was added reads its missing value from the addition on
         await this.store.query(
           `UPDATE pgtimewarp_store.tracked_relations
               SET columns = $2::jsonb, pk_columns = $3,
                   column_renames = CASE WHEN jsonb_array_length($4::jsonb) = 0 THEN column_renames
-                                        ELSE coalesce(column_renames, '[]') || $4::jsonb END
+                                        ELSE coalesce(column_renames, '[]') || $4::jsonb END,
+                  column_additions = CASE WHEN jsonb_array_length($5::jsonb) = 0 THEN column_additions
+                                          ELSE coalesce(column_additions, '[]') || $5::jsonb END
             WHERE relation_id = $1`,
           [c.relationId, JSON.stringify(c.columns ?? {}), c.pkColumns,
-            JSON.stringify((c.renamedColumns ?? []).map((r) => ({ lsn: commit.lsn, old: r.old, new: r.new })))],
+            JSON.stringify((c.renamedColumns ?? []).map((r) => ({ lsn: commit.lsn, old: r.old, new: r.new }))),
+            JSON.stringify((c.addedColumns ?? []).map((attnum) => ({ lsn: commit.lsn, attnum })))],
         );
       } else if (c.kind === 'renamed') {
         await this.store.query(

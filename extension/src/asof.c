@@ -77,23 +77,38 @@ asked_text(bool by_lsn, int64 at)
 
 /*
  * Read the tracking state of a lookup's first row, check it and where `at`
- * falls in history (errors, warnings), and return it in *t.
+ * falls in history (errors, warnings), and return it in *t.  Returns the
+ * position in history the answer is for.
  */
-static void
+static XLogRecPtr
 check_lookup(FmgrInfo *flinfo, const char *node_id, TargetTable *target, PGresult *res,
 			 bool by_lsn, int64 at, Tracking *t, int *version_col)
 {
 	Resolved	r;
+	XLogRecPtr	lsn;
 
 	require_tracked(node_id, target, res);
 	lookup_result(res, 0, t, &r, version_col);
 	t->node_id = (char *) node_id;
 	t->relid = target->relid;
 	check_history_key(t, target);
-	(void) resolve_check(target, t, &r, asked_text(by_lsn, at), by_lsn,
-						 flinfo == NULL || first_warning(flinfo, target->relid, by_lsn, at));
+	lsn = resolve_check(target, t, &r, asked_text(by_lsn, at), by_lsn,
+						flinfo == NULL || first_warning(flinfo, target->relid, by_lsn, at));
 	if (r.have_gap)
 		refuse_gap(target, &r.gap);
+	return lsn;
+}
+
+/*
+ * A stored version as it reads at `at_lsn`: columns renamed since, or
+ * added (`typed`: for a row of the table's type now).
+ */
+static Jsonb *
+as_read_at(Jsonb *row_data, Relation rel, Tracking *t, XLogRecPtr version_lsn,
+		   XLogRecPtr at_lsn, bool typed)
+{
+	return fill_added_columns(rename_columns(row_data, t, version_lsn), rel, t,
+							  version_lsn, at_lsn, typed);
 }
 
 /*
@@ -103,7 +118,7 @@ check_lookup(FmgrInfo *flinfo, const char *node_id, TargetTable *target, PGresul
  */
 static bool
 lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
-		   Jsonb *pk, Datum at, bool by_lsn, RowVersion *v)
+		   Jsonb *pk, Datum at, bool by_lsn, bool typed, RowVersion *v)
 {
 	ArrayType  *key = encode_pk(rel, target, pk);
 	char	   *node_id = configured_node_id();
@@ -112,16 +127,17 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	Tracking	t;
 	int			col;
 	bool		found;
+	XLogRecPtr	at_lsn;
 
 	if (!by_lsn)
 		pgtw_await_fresh_history(DatumGetTimestampTz(at));
 	res = store_lookup(node_id, target, by_lsn ? LOOKUP_AT_LSN : LOOKUP_AT_TIME,
 					   at_value, key);
-	check_lookup(flinfo, node_id, target, res, by_lsn, at_value, &t, &col);
+	at_lsn = check_lookup(flinfo, node_id, target, res, by_lsn, at_value, &t, &col);
 	version_result(res, 0, col, v, &found);
 	pgtw_store_clear(res);
 	if (found)
-		v->row_data = rename_columns(v->row_data, &t, v->from_lsn);
+		v->row_data = as_read_at(v->row_data, rel, &t, v->from_lsn, at_lsn, typed);
 	return found && v->row_data != NULL;
 }
 
@@ -138,7 +154,7 @@ asof_pk_common(FunctionCallInfo fcinfo, bool by_lsn)
 	require_argument(fcinfo, 2, "at");
 
 	rel = open_for_history(PG_GETARG_OID(0), &target);
-	if (lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn, &v))
+	if (lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), by_lsn, false, &v))
 		result = row_data_to_json(v.row_data, RelationGetDescr(rel), target.show_former_columns);
 	table_close(rel, AccessShareLock);
 
@@ -176,7 +192,7 @@ pgtimewarp_asof_row(PG_FUNCTION_ARGS)
 	require_argument(fcinfo, 2, "at");
 
 	rel = open_for_history(relid, &target);
-	if (!lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), false, &v))
+	if (!lookup_row(fcinfo->flinfo, rel, &target, PG_GETARG_JSONB_P(1), PG_GETARG_DATUM(2), false, true, &v))
 	{
 		table_close(rel, AccessShareLock);
 		PG_RETURN_NULL();
@@ -219,6 +235,7 @@ pgtimewarp_asof_pks(PG_FUNCTION_ARGS)
 	PGresult   *res;
 	Tracking	t;
 	int			col;
+	XLogRecPtr	at_lsn;
 	MemoryContext row_cxt;
 	ErrorContextCallback errcallback;
 	int			key_number = 0;
@@ -252,7 +269,7 @@ pgtimewarp_asof_pks(PG_FUNCTION_ARGS)
 	node_id = configured_node_id();
 	pgtw_await_fresh_history(at);
 	res = store_lookup_many(node_id, &target, at, nkeys, keys);
-	check_lookup(NULL, node_id, &target, res, false, at, &t, &col);
+	at_lsn = check_lookup(NULL, node_id, &target, res, false, at, &t, &col);
 	if (nkeys > 0 && PQntuples(res) != nkeys)
 		elog(ERROR, "pgtimewarp store returned %d rows for %d keys", PQntuples(res), nkeys);
 
@@ -272,7 +289,7 @@ pgtimewarp_asof_pks(PG_FUNCTION_ARGS)
 		values[0] = pks[i];
 		if (found && v.row_data != NULL)
 		{
-			values[1] = JsonbPGetDatum(row_data_to_json(rename_columns(v.row_data, &t, v.from_lsn),
+			values[1] = JsonbPGetDatum(row_data_to_json(as_read_at(v.row_data, rel, &t, v.from_lsn, at_lsn, false),
 														RelationGetDescr(rel),
 														target.show_former_columns));
 			nulls[1] = false;
@@ -390,7 +407,7 @@ asof_table_common(FunctionCallInfo fcinfo, bool by_lsn)
 	}
 
 	cursor = psprintf("pgtw_table_%u", ++cursor_number);
-	declare = table_cursor_sql(cursor, &t, tupdesc);
+	declare = table_cursor_sql(cursor, &t, rel, r.lsn);
 	fetch = psprintf("FETCH %d FROM %s", TABLE_FETCH_ROWS, cursor);
 	p.n = 0;
 	param_int4(&p, t.relation_id);

@@ -91,6 +91,8 @@ typedef struct Tracking
 	char	   *pk_columns;		/* the key history is keyed by, as text[] text */
 	/* [{"lsn", "old", "new"}] in LSN order, or NULL when no column was renamed */
 	Jsonb	   *column_renames;
+	/* [{"lsn", "attnum"}]: columns added since tracking began, or NULL */
+	Jsonb	   *column_additions;
 } Tracking;
 
 /*
@@ -204,7 +206,7 @@ extern void diff_result(PGresult *res, int row, Tracking *t, Resolved *from, Res
 extern PGresult *store_write(const char *sql, StoreParams *p);
 extern PGresult *store_read(const char *sql, StoreParams *p);
 extern PGresult *store_read_text(const char *sql, StoreParams *p);
-extern char *table_cursor_sql(const char *cursor, Tracking *t, TupleDesc tupdesc);
+extern char *table_cursor_sql(const char *cursor, Tracking *t, Relation rel, XLogRecPtr at_lsn);
 extern void version_result(PGresult *res, int row, int col, RowVersion *v, bool *found);
 extern Tracking *store_fetch_tracking(const char *node_id, TargetTable *target);
 extern Tracking *store_tracking_by_name(const char *node_id, TargetTable *target);
@@ -255,6 +257,10 @@ extern void row_data_to_datums(Jsonb *row_data, TimestampTz version_ts, TupleDes
 extern Jsonb *row_data_to_json(Jsonb *row_data, TupleDesc tupdesc, bool show_former_columns);
 extern Datum changed_columns(TupleDesc tupdesc, Jsonb *prev, Jsonb *cur, bool show_former_columns);
 extern Jsonb *rename_columns(Jsonb *row_data, Tracking *t, XLogRecPtr version_lsn);
+extern bool column_addition(Tracking *t, AttrNumber attnum, XLogRecPtr *added_lsn);
+extern bool column_missing_text(Relation rel, AttrNumber attnum, char **text);
+extern Jsonb *fill_added_columns(Jsonb *row_data, Relation rel, Tracking *t,
+								 XLogRecPtr version_lsn, XLogRecPtr at_lsn, bool typed);
 
 /* horizon.c */
 extern void pgtw_horizon_init(void);

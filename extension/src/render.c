@@ -13,11 +13,13 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "access/tupdesc_details.h"
 #include "access/xact.h"
 #include "nodes/makefuncs.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
+#include "utils/rel.h"
 #include "utils/resowner.h"
 
 #include "pgtimewarp.h"
@@ -441,3 +443,159 @@ rename_columns(Jsonb *row_data, Tracking *t, XLogRecPtr version_lsn)
 	return JsonbValueToJsonb(result);
 }
 
+
+/*
+ * Columns added after tracking began (tracked_relations.column_additions,
+ * which the agent records from the DDL log).  ALTER TABLE ... ADD COLUMN c
+ * ... DEFAULT d gives the rows already there c = d without writing them
+ * (PostgreSQL keeps d as c's "missing value"), so a version stored before
+ * the addition has no c, yet read at a time from the addition on the row
+ * had c = d.  Before the addition the column did not exist: NULL.
+ */
+
+/* Whether column `attnum` was added since tracking began, and where. */
+bool
+column_addition(Tracking *t, AttrNumber attnum, XLogRecPtr *added_lsn)
+{
+	int			n;
+
+	if (t->column_additions == NULL || !JB_ROOT_IS_ARRAY(t->column_additions))
+		return false;
+	n = JB_ROOT_COUNT(t->column_additions);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(&t->column_additions->root, i);
+		JsonbValue *lsn;
+		JsonbValue *num;
+
+		if (e == NULL || e->type != jbvBinary ||
+			(lsn = getKeyJsonValueFromContainer(e->val.binary.data, "lsn", 3, NULL)) == NULL ||
+			(num = getKeyJsonValueFromContainer(e->val.binary.data, "attnum", 6, NULL)) == NULL ||
+			lsn->type != jbvString || num->type != jbvNumeric)
+			elog(ERROR, "malformed column addition in the pgtimewarp store");
+		if (DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(num->val.numeric))) != attnum)
+			continue;
+		*added_lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in,
+													 CStringGetDatum(pnstrdup(lsn->val.string.val,
+																			  lsn->val.string.len))));
+		return true;
+	}
+	return false;
+}
+
+/* The missing value of column `attnum` as the store would keep its text, if it has one. */
+bool
+column_missing_text(Relation rel, AttrNumber attnum, char **text)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	Form_pg_attribute attr = TupleDescAttr(tupdesc, attnum - 1);
+	AttrMissing *missing;
+	Oid			typoutput;
+	bool		isvarlena;
+	int			level;
+
+	if (!attr->atthasmissing || tupdesc->constr == NULL || tupdesc->constr->missing == NULL)
+		return false;
+	missing = &tupdesc->constr->missing[attnum - 1];
+	if (!missing->am_present)
+		return false;
+	getTypeOutputInfo(attr->atttypid, &typoutput, &isvarlena);
+	level = canonical_settings_begin();
+	*text = OidOutputFunctionCall(typoutput, missing->am_value);
+	canonical_settings_end(level);
+	return true;
+}
+
+/*
+ * `row_data`, a version from `version_lsn` read as of `at_lsn`, for each
+ * column added after the version was written: read from the addition on,
+ * the column's missing value (JSON null for one added without a default,
+ * as to_jsonb of the row shows it); read before it, the column did not
+ * exist, so when `typed` (a row of the table's type now) it is NULL.  A
+ * value the version has under the column's name then belonged to another
+ * column, dropped before this one was added under its name: it stays in
+ * the JSON, for what the row was then, but is never read as this column.
+ */
+Jsonb *
+fill_added_columns(Jsonb *row_data, Relation rel, Tracking *t, XLogRecPtr version_lsn,
+				   XLogRecPtr at_lsn, bool typed)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	  **names;
+	char	  **texts;
+	bool	   *put;
+	int			nfill = 0;
+	bool		skip_value = false;
+
+	if (row_data == NULL || t->column_additions == NULL)
+		return row_data;
+	names = palloc(sizeof(char *) * Max(tupdesc->natts, 1));
+	texts = palloc(sizeof(char *) * Max(tupdesc->natts, 1));
+	put = palloc(sizeof(bool) * Max(tupdesc->natts, 1));
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
+		XLogRecPtr	added;
+
+		if (attr->attisdropped || !column_addition(t, attr->attnum, &added) ||
+			version_lsn >= added)
+			continue;
+		if (at_lsn >= added)
+		{
+			/* no missing value: the column was NULL in the rows already there */
+			if (!column_missing_text(rel, attr->attnum, &texts[nfill]))
+				texts[nfill] = NULL;
+			put[nfill] = true;
+		}
+		else if (typed)
+			put[nfill] = false;
+		else
+			continue;
+		names[nfill++] = NameStr(attr->attname);
+	}
+	if (nfill == 0)
+		return row_data;
+
+	it = JsonbIteratorInit(&row_data->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			skip_value = false;
+			for (int i = 0; i < nfill && !skip_value; i++)
+				skip_value = strlen(names[i]) == (size_t) v.val.string.len &&
+					strncmp(names[i], v.val.string.val, v.val.string.len) == 0;
+			if (skip_value)
+				continue;
+		}
+		else if (tok == WJB_VALUE && skip_value)
+			continue;
+		if (tok == WJB_END_OBJECT)
+			break;
+		(void) pushJsonbValue(&state, tok, tok < WJB_BEGIN_ARRAY ? &v : NULL);
+	}
+	for (int i = 0; i < nfill; i++)
+	{
+		JsonbValue	key;
+		JsonbValue	value;
+
+		if (!put[i])
+			continue;
+		key.type = jbvString;
+		key.val.string.val = names[i];
+		key.val.string.len = strlen(names[i]);
+		value.type = texts[i] ? jbvString : jbvNull;
+		if (texts[i])
+		{
+			value.val.string.val = texts[i];
+			value.val.string.len = strlen(texts[i]);
+		}
+		(void) pushJsonbValue(&state, WJB_KEY, &key);
+		(void) pushJsonbValue(&state, WJB_VALUE, &value);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}

@@ -20,6 +20,7 @@
 #include "postgres.h"
 
 #include "access/tupdesc.h"
+#include "utils/rel.h"
 #include "catalog/pg_type.h"
 #include "port/pg_bswap.h"
 #include "utils/builtins.h"
@@ -202,6 +203,7 @@ op_name(char code)
 	" SELECT r.relation_id, r.pk_columns = $3::text[] AS same_key, r.pk_columns::text AS pk_columns," \
 	"        r.tracked_from_lsn AS from_lsn, r.tracked_from_ts AS from_ts," \
 	"        r.untracked_lsn, r.untracked_ts, nullif(r.column_renames, '[]')::text AS renames," \
+	"        nullif(r.column_additions, '[]')::text AS additions," \
 	"        greatest(r.tracked_from_lsn, c.confirmed_lsn) AS h_lsn," \
 	"        CASE WHEN c.confirmed_lsn > r.tracked_from_lsn" \
 	"             THEN greatest(r.tracked_from_ts, c.confirmed_ts) ELSE r.tracked_from_ts END AS h_ts0" \
@@ -214,8 +216,8 @@ op_name(char code)
 /* its columns, as lookup_result() reads them (TRACKING_NCOLS) */
 #define TRACKING_COLUMNS \
 	"h.relation_id, h.same_key, h.pk_columns, h.from_lsn, h.from_ts, h.untracked_lsn," \
-	" h.untracked_ts, h.renames, h.h_lsn, h.h_ts"
-#define TRACKING_NCOLS 10
+	" h.untracked_ts, h.renames, h.h_lsn, h.h_ts, h.additions"
+#define TRACKING_NCOLS 11
 
 /*
  * OFFSET 0 keeps the planner from pulling these subqueries up into the
@@ -469,6 +471,9 @@ tracking_result(PGresult *res, int row, Tracking *t)
 															   CStringGetDatum(result_text(res, row, 7))));
 	t->horizon_lsn = result_lsn(res, row, 8);
 	t->horizon_ts = result_ts(res, row, 9);
+	if (!result_null(res, row, 10))
+		t->column_additions = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+																 CStringGetDatum(result_text(res, row, 10))));
 	pgtw_saw_horizon(t->horizon_ts);
 }
 
@@ -744,16 +749,18 @@ stored_column_sql(Tracking *t, const char *name)
 }
 
 /*
- * DECLARE a cursor over the rows of a table as they were at LSN $2: each
- * key's latest version at or before it, unless that is a tombstone.  The
- * columns are the commit time of each row's version, then one text per
- * column of `tupdesc` (NULL for dropped ones), as stored.  $1 is the
+ * DECLARE a cursor over the rows of a table as they were at LSN $2 (=
+ * at_lsn): each key's latest version at or before it, unless that is a
+ * tombstone.  The columns are the commit time of each row's version, then
+ * one text per column of the table (NULL for dropped ones), as stored, or
+ * the column's missing value for a version from before it was added.  $1 is the
  * tracked incarnation.  The store walks its primary key index backwards,
  * so each key's latest version comes first.
  */
 char *
-table_cursor_sql(const char *cursor, Tracking *t, TupleDesc tupdesc)
+table_cursor_sql(const char *cursor, Tracking *t, Relation rel, XLogRecPtr at_lsn)
 {
+	TupleDesc	tupdesc = RelationGetDescr(rel);
 	StringInfoData sql;
 
 	initStringInfo(&sql);
@@ -761,9 +768,28 @@ table_cursor_sql(const char *cursor, Tracking *t, TupleDesc tupdesc)
 	for (int i = 0; i < tupdesc->natts; i++)
 	{
 		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
+		XLogRecPtr	added_lsn;
+		char	   *missing;
 
 		if (attr->attisdropped)
 			appendStringInfoString(&sql, ", NULL::text");
+		else if (column_addition(t, attr->attnum, &added_lsn))
+		{
+			/*
+			 * render.c fill_added_columns(), for a whole table: a version from
+			 * before the column was added reads its missing value from the
+			 * addition on, and has no value for it before
+			 */
+			if (at_lsn < added_lsn || !column_missing_text(rel, attr->attnum, &missing))
+				missing = NULL;
+			if (at_lsn < added_lsn)
+				appendStringInfoString(&sql, ", NULL::text");
+			else
+				appendStringInfo(&sql, ", CASE WHEN v.valid_from_lsn < %s::pg_lsn THEN %s ELSE %s END",
+								 quote_literal_cstr(lsn_to_cstring(added_lsn)),
+								 missing ? quote_literal_cstr(missing) : "NULL",
+								 stored_column_sql(t, NameStr(attr->attname)));
+		}
 		else
 			appendStringInfo(&sql, ", %s", stored_column_sql(t, NameStr(attr->attname)));
 	}

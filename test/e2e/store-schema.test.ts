@@ -39,7 +39,7 @@ describe('migrateStore', () => {
     const url = await createDatabase('store_fresh');
 
     expect(await migrateStore(url)).toEqual([
-      '1_create_store.sql', '2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql', '5_relation_stats.sql',
+      '1_create_store.sql', '2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql', '5_relation_stats.sql', '6_column_additions.sql',
     ]);
 
     const tables = await cluster().psql(
@@ -89,7 +89,7 @@ describe('migrateStore', () => {
       const before = (await client.query(HISTORY.replace('%s', 'row_versions'))).rows;
       expect(before).toHaveLength(10);
 
-      expect(await migrateStore(url)).toEqual(['2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql', '5_relation_stats.sql']);
+      expect(await migrateStore(url)).toEqual(['2_compact_versions.sql', '3_safe_history.sql', '4_node_database_oid.sql', '5_relation_stats.sql', '6_column_additions.sql']);
 
       // the same history, read through the view that spells it out as version 1 stored it
       expect((await client.query(HISTORY.replace('%s', 'row_history'))).rows).toEqual(before);

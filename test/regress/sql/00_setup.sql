@@ -12,6 +12,7 @@
 \i ../migrations/3_safe_history.sql
 \i ../migrations/4_node_database_oid.sql
 \i ../migrations/5_relation_stats.sql
+\i ../migrations/6_column_additions.sql
 \set ECHO all
 
 CREATE EXTENSION pgtimewarp CASCADE;

@@ -77,6 +77,8 @@ export interface AsofTableResult {
   measured: boolean;
   periods: boolean;
   points: AsofTablePoint[];
+  /** Notices and warnings the reads raised (e.g. beyond the horizon: the call waited for the agent), each once. */
+  notices: string[];
 }
 
 const SOURCES: Record<Method, (param: string) => string> = {
@@ -132,6 +134,8 @@ export async function asofTable(opts: AsofTableOptions): Promise<AsofTableResult
   });
   try {
     const { source, versions } = history;
+    const notices = new Set<string>();
+    source.on('notice', (n) => notices.add(`${n.severity ?? 'NOTICE'}: ${n.message ?? ''}`));
     progress(section, `${fmt(versions)} versions in the store`);
     const measured = await hasFunction(source, 'pgtimewarp_asof_table(anyelement, timestamptz)') &&
       await hasFunction(source, 'pgtimewarp_asof_table_lsn(anyelement, pg_lsn)');
@@ -178,7 +182,8 @@ export async function asofTable(opts: AsofTableOptions): Promise<AsofTableResult
         progress(section, `${point.name} ${m}: to the client (COPY) at ${fmt(point.copyRowsPerSecond[m]!)} rows/s`);
       }
     }
-    return { rows: opts.rows, versions, repetitions: opts.repetitions, measured, periods: opts.periods, points };
+    for (const n of notices) progress(section, `the reads raised ${n}`);
+    return { rows: opts.rows, versions, repetitions: opts.repetitions, measured, periods: opts.periods, points, notices: [...notices] };
   } finally {
     await history.stop();
   }
@@ -218,5 +223,6 @@ export function asofTableMarkdown(r: AsofTableResult): string {
     ...rows,
     '',
     check,
+    ...(r.notices.length === 0 ? [] : ['', `**The reads raised:** ${r.notices.map((n) => `"${n}"`).join('; ')}.`]),
   ].join('\n');
 }

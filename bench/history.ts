@@ -97,13 +97,18 @@ export async function buildHistory(opts: HistoryOptions): Promise<History> {
       await source.query('RESET synchronous_commit');
       // the insert position, not pg_current_wal_lsn(): with synchronous_commit
       // off the WAL written so far may end before the last commit
-      const end = (await source.query<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)).rows[0]!.lsn;
+      const end = (await source.query<{ lsn: string; ts: string }>(
+        `SELECT pg_current_wal_insert_lsn()::text AS lsn, clock_timestamp()::text AS ts`)).rows[0]!;
       progress(section, `written in ${((Date.now() - started) / 1000).toFixed(1)} s; waiting for the agent to store it`);
+      // and until the horizon is past the end (a heartbeat, within about a
+      // second): an as-of at a time noted while writing must not wait for
+      // the agent, which is stopped next, nor warn
       await poll('the agent to store the history', async () => {
         agent.check();
         const res = await store.query<{ done: boolean }>(
-          `SELECT confirmed_lsn >= $2::pg_lsn AS done FROM pgtimewarp_store.wal_checkpoints WHERE node_id = $1`,
-          [opts.nodeId, end],
+          `SELECT confirmed_lsn >= $2::pg_lsn AND confirmed_ts >= $3::timestamptz AS done
+             FROM pgtimewarp_store.wal_checkpoints WHERE node_id = $1`,
+          [opts.nodeId, end.lsn, end.ts],
         );
         return res.rows[0]?.done === true;
       }, 600_000, 100);

@@ -38,33 +38,99 @@ PG_FUNCTION_INFO_V1(pgtimewarp_asof_table_lsn);
 /*
  * What one call site remembers for the rest of its statement: the time it
  * last warned about, so that a query asking for many keys at a time beyond
- * the stored history warns once, not once per row.  The answers
- * themselves are read afresh each call (they cost the same statement
- * either way), so nothing here can go stale.
+ * the stored history warns once, not once per row; and the tracking state
+ * and position that time stands for, with the store snapshot they were read
+ * in.  While that snapshot answers (the same remote transaction, and no
+ * write of this session since: pgtw_store_snapshot_id), the store would say
+ * the same again, so a call for another key at the same time probes only
+ * the key's version: the store statement of a direct lookup.
  */
-typedef struct WarnedAt
+typedef struct LookupCache
 {
 	Oid			relid;
 	bool		by_lsn;
 	int64		at;
-} WarnedAt;
+	uint64		snapshot;		/* 0: no tracking state kept */
+	char	   *pk_names_literal;	/* the key it was checked against */
+	Tracking   *t;				/* in fn_mcxt */
+	XLogRecPtr	lsn;
+} LookupCache;
+
+static LookupCache *
+lookup_cache(FmgrInfo *flinfo)
+{
+	if (flinfo->fn_extra == NULL)
+		flinfo->fn_extra = MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(LookupCache));
+	return (LookupCache *) flinfo->fn_extra;
+}
 
 static bool
 first_warning(FmgrInfo *flinfo, Oid relid, bool by_lsn, int64 at)
 {
-	WarnedAt   *w = (WarnedAt *) flinfo->fn_extra;
+	LookupCache *w = lookup_cache(flinfo);
 
-	if (w == NULL)
-	{
-		w = MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(WarnedAt));
-		flinfo->fn_extra = w;
-	}
-	else if (w->relid == relid && w->by_lsn == by_lsn && w->at == at)
+	if (w->relid == relid && w->by_lsn == by_lsn && w->at == at)
 		return false;
 	w->relid = relid;
 	w->by_lsn = by_lsn;
 	w->at = at;
+	w->snapshot = 0;
 	return true;
+}
+
+static Jsonb *
+copy_jsonb(Jsonb *j, MemoryContext cxt)
+{
+	Jsonb	   *copy;
+
+	if (j == NULL)
+		return NULL;
+	copy = MemoryContextAlloc(cxt, VARSIZE(j));
+	memcpy(copy, j, VARSIZE(j));
+	return copy;
+}
+
+/* Keep what a full lookup learned, for the call site's next keys. */
+static void
+remember_lookup(FmgrInfo *flinfo, TargetTable *target, Tracking *t, XLogRecPtr lsn)
+{
+	LookupCache *c = lookup_cache(flinfo);
+	MemoryContext cxt = flinfo->fn_mcxt;
+
+	if (c->t != NULL)
+	{
+		if (c->t->column_renames)
+			pfree(c->t->column_renames);
+		if (c->t->column_additions)
+			pfree(c->t->column_additions);
+		pfree(c->t);
+		pfree(c->pk_names_literal);
+	}
+	c->t = MemoryContextAlloc(cxt, sizeof(Tracking));
+	*c->t = *t;
+	c->t->node_id = NULL;
+	c->t->pk_columns = NULL;
+	c->t->column_renames = copy_jsonb(t->column_renames, cxt);
+	c->t->column_additions = copy_jsonb(t->column_additions, cxt);
+	c->pk_names_literal = MemoryContextStrdup(cxt, target->pk_names_literal);
+	c->lsn = lsn;
+	c->snapshot = pgtw_store_snapshot_id();
+}
+
+/* The call site's tracking state, if it still answers for this lookup. */
+static LookupCache *
+remembered_lookup(FmgrInfo *flinfo, TargetTable *target, bool by_lsn, int64 at)
+{
+	LookupCache *c;
+
+	if (flinfo == NULL || flinfo->fn_extra == NULL)
+		return NULL;
+	c = (LookupCache *) flinfo->fn_extra;
+	if (c->snapshot == 0 || c->snapshot != pgtw_store_snapshot_id() ||
+		c->relid != target->relid || c->by_lsn != by_lsn || c->at != at ||
+		strcmp(c->pk_names_literal, target->pk_names_literal) != 0)
+		return NULL;
+	return c;
 }
 
 static char *
@@ -129,6 +195,18 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	bool		found;
 	XLogRecPtr	at_lsn;
 
+	LookupCache *known = remembered_lookup(flinfo, target, by_lsn, at_value);
+
+	if (known != NULL)
+	{
+		/* the same snapshot, table and time: only the key's version is new */
+		res = store_probe(known->t->relation_id, key, known->lsn);
+		version_result(res, 0, 0, v, &found);
+		pgtw_store_clear(res);
+		if (found)
+			v->row_data = as_read_at(v->row_data, rel, known->t, v->from_lsn, known->lsn, typed);
+		return found && v->row_data != NULL;
+	}
 	if (!by_lsn)
 		pgtw_await_fresh_history(DatumGetTimestampTz(at));
 	res = store_lookup(node_id, target, by_lsn ? LOOKUP_AT_LSN : LOOKUP_AT_TIME,
@@ -136,6 +214,8 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	at_lsn = check_lookup(flinfo, node_id, target, res, by_lsn, at_value, &t, &col);
 	version_result(res, 0, col, v, &found);
 	pgtw_store_clear(res);
+	if (flinfo != NULL)
+		remember_lookup(flinfo, target, &t, at_lsn);
 	if (found)
 		v->row_data = as_read_at(v->row_data, rel, &t, v->from_lsn, at_lsn, typed);
 	return found && v->row_data != NULL;

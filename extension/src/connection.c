@@ -23,11 +23,14 @@
 #include "storage/latch.h"
 #include "utils/resowner.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/wait_event.h"
 
+#include "portability/instr_time.h"
+#include "storage/s_lock.h"
 #include "pgtimewarp.h"
 #include "connection.h"
 #include "compat.h"
@@ -35,6 +38,14 @@
 PGconn *pgtw_conn = NULL;
 /* waits for the socket, the latch and postmaster death; made once per connection */
 WaitEventSet *pgtw_conn_wait = NULL;
+/*
+ * pgtimewarp.store_spin: microseconds a call polls for the store's answer
+ * before it sleeps.  A lookup answered from the store's cache comes back in
+ * tens of microseconds, less than waking a sleeping backend costs on a
+ * virtual machine (the scheduler's cross-CPU wake-up): polling that long
+ * roughly halves the time of many lookups in one query.
+ */
+int			pgtw_spin_us = 100;
 bool		pgtw_conn_invalidated = false;
 /* a batch is on the wire and not all its results are read */
 bool		pgtw_conn_busy = false;
@@ -231,6 +242,23 @@ pgtw_open_connection(void)
 PGresult *
 pgtw_wait_result(void)
 {
+	if (PQisBusy(pgtw_conn) && pgtw_spin_us > 0)
+	{
+		instr_time	start;
+		instr_time	now;
+
+		INSTR_TIME_SET_CURRENT(start);
+		for (;;)
+		{
+			if (!PQconsumeInput(pgtw_conn) || !PQisBusy(pgtw_conn))
+				break;
+			INSTR_TIME_SET_CURRENT(now);
+			INSTR_TIME_SUBTRACT(now, start);
+			if ((int64) INSTR_TIME_GET_MICROSEC(now) >= (int64) pgtw_spin_us)
+				break;
+			pg_spin_delay();
+		}
+	}
 	while (PQisBusy(pgtw_conn))
 	{
 		WaitEvent	event;
@@ -351,6 +379,14 @@ invalidate_connection(Datum arg, int cacheid, uint32 hashvalue)
 void
 pgtw_connection_init(void)
 {
+	DefineCustomIntVariable("pgtimewarp.store_spin",
+							"How long a history lookup polls for the store's answer before it sleeps, in microseconds.",
+							"Polling briefly saves the wake-up of a sleeping backend, which can cost more than a fast store "
+							"answer; it uses the CPU meanwhile. 0 always sleeps.",
+							&pgtw_spin_us,
+							100, 0, 10000,
+							PGC_USERSET, 0,
+							NULL, NULL, NULL);
 	CacheRegisterSyscacheCallback(FOREIGNSERVEROID, invalidate_connection, (Datum) 0);
 	CacheRegisterSyscacheCallback(USERMAPPINGOID, invalidate_connection, (Datum) 0);
 }

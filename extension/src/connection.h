@@ -12,6 +12,7 @@
 
 extern PGconn *pgtw_conn;
 extern WaitEventSet *pgtw_conn_wait;
+extern int	pgtw_spin_us;
 extern bool pgtw_conn_invalidated;
 extern bool pgtw_conn_busy;
 extern int	pgtw_pending_syncs;

@@ -154,6 +154,7 @@ typedef struct StoreStatement
 } StoreStatement;
 
 extern void pgtw_store_run(StoreStatement *stmts, int n);
+extern uint64 pgtw_store_snapshot_id(void);
 extern void pgtw_store_copy_begin(const char *sql);
 extern void pgtw_store_copy_data(const char *data, int len);
 extern int64 pgtw_store_copy_end(const char *sql);
@@ -196,6 +197,7 @@ typedef enum LookupKind
 
 extern PGresult *store_lookup(const char *node_id, TargetTable *target, LookupKind kind,
 							  int64 at, ArrayType *key);
+extern PGresult *store_probe(int32 relation_id, ArrayType *key, XLogRecPtr lsn);
 extern PGresult *store_lookup_many(const char *node_id, TargetTable *target,
 								   TimestampTz at, int nkeys, ArrayType **keys);
 extern PGresult *store_diff(const char *node_id, TargetTable *target, TimestampTz from_ts,

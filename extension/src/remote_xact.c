@@ -57,6 +57,21 @@ static int	next_savepoint_id = 0;
 /* commands to send before the next statement (ROLLBACK TO SAVEPOINT) */
 static List *queued = NIL;
 
+/*
+ * Which store snapshot, as this session's own writes leave it, answers
+ * now: a new number for each remote transaction, and after each write or
+ * rollback to a savepoint in one.  What a statement learned from the store
+ * is still true while this is unchanged (asof.c keeps a call site's
+ * tracking state on it).
+ */
+static uint64 store_snapshot = 0;
+
+uint64
+pgtw_store_snapshot_id(void)
+{
+	return xact_open ? store_snapshot : 0;
+}
+
 /* results handed out and not yet cleared: cleared at transaction end */
 static List *live_results = NIL;
 
@@ -133,6 +148,7 @@ run_batch(StoreStatement *stmts, int n, bool retry_ok)
 	{
 		SEND_COMMAND("START TRANSACTION ISOLATION LEVEL REPEATABLE READ");
 		xact_open = true;
+		store_snapshot++;
 		began = true;
 	}
 	foreach(lc, queued)
@@ -177,6 +193,8 @@ run_batch(StoreStatement *stmts, int n, bool retry_ok)
 		sent[nsent].statement = i;
 		sent[nsent++].sql = s->sql;
 		xact_wrote |= s->write;
+		if (s->write)
+			store_snapshot++;
 	}
 	ok = ok && PQpipelineSync(pgtw_conn);
 #undef SEND_COMMAND
@@ -549,6 +567,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
+			store_snapshot++;
 			queued = lappend(queued, psprintf("ROLLBACK TO SAVEPOINT pgtw_%d",
 											  savepoints[first].id));
 			MemoryContextSwitchTo(old);

@@ -406,6 +406,28 @@ store_lookup(const char *node_id, TargetTable *target, LookupKind kind, int64 at
 	return run_read("pgtw_lookup_lsn", lookup_lsn_sql, &p);
 }
 
+/*
+ * The version of `key` visible at `lsn` in the tracked incarnation
+ * relation_id: for a call that knows the tracking state already, in this
+ * store snapshot (asof.c).  VERSION_RESULT_COLUMNS columns, no row when
+ * there is none.
+ */
+PGresult *
+store_probe(int32 relation_id, ArrayType *key, XLogRecPtr lsn)
+{
+	StoreParams p;
+
+	p.n = 0;
+	param_int4(&p, relation_id);
+	key_params(&p, key);
+	param_lsn(&p, lsn);
+	return run_read("pgtw_probe",
+					"SELECT " VERSION_COLUMNS " FROM pgtimewarp_store.row_versions v"
+					" WHERE v.relation_id = $1 AND v.pk = $2::text[]"
+					"   AND v.pk_full IS NOT DISTINCT FROM $3::text[] AND v.valid_from_lsn <= $4"
+					" ORDER BY v.valid_from_lsn DESC LIMIT 1", &p);
+}
+
 /* Many keys at one time: a row per key, in order (the last column) */
 PGresult *
 store_lookup_many(const char *node_id, TargetTable *target, TimestampTz at,

@@ -77,6 +77,15 @@ END;
 $d$;
 SELECT pgtimewarp_ping() IS NOT NULL AS back;
 
+-- pgtimewarp.store_spin: how long a call polls for the store's answer
+-- before sleeping; answers are the same either way
+SHOW pgtimewarp.store_spin;
+SET pgtimewarp.store_spin = 0;
+SELECT k, pgtimewarp_asof_pk('conn_t', jsonb_build_object('id', k), now()) ->> 'v' AS v
+  FROM generate_series(1, 3) k ORDER BY k;
+SET pgtimewarp.store_spin = 20000;
+RESET pgtimewarp.store_spin;
+
 SELECT pgtimewarp_untrack('conn_t');
 SELECT pgtimewarp_forget('conn_t') AS forgotten;
 DROP TABLE conn_t;

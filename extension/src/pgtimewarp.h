@@ -174,10 +174,12 @@ typedef struct StoreParams
 } StoreParams;
 
 extern void param_text(StoreParams *p, Oid type, const char *value);
-extern void param_int4(StoreParams *p, int32 value);
-extern void param_oid(StoreParams *p, Oid value);
-extern void param_lsn(StoreParams *p, XLogRecPtr value);
-extern void param_ts(StoreParams *p, TimestampTz value);
+extern void param_uint32(StoreParams *p, Oid type, uint32 value);
+extern void param_uint64(StoreParams *p, Oid type, uint64 value);
+#define param_int4(p, v) param_uint32((p), INT4OID, (uint32) (v))
+#define param_oid(p, v) param_uint32((p), OIDOID, (uint32) (v))
+#define param_lsn(p, v) param_uint64((p), LSNOID, (uint64) (v))
+#define param_ts(p, v) param_uint64((p), TIMESTAMPTZOID, (uint64) (v))
 extern void param_null(StoreParams *p, Oid type);
 extern bool result_null(PGresult *res, int row, int col);
 extern int32 result_int4(PGresult *res, int row, int col);

@@ -63,36 +63,21 @@ param_binary(StoreParams *p, Oid type, const void *data, int len)
 	p->n++;
 }
 
+/* A 4- or 8-byte integer parameter in binary: int4, oid, pg_lsn, timestamptz. */
 void
-param_int4(StoreParams *p, int32 value)
+param_uint32(StoreParams *p, Oid type, uint32 value)
 {
-	uint32		v = pg_hton32((uint32) value);
+	uint32		v = pg_hton32(value);
 
-	param_binary(p, INT4OID, &v, 4);
+	param_binary(p, type, &v, 4);
 }
 
 void
-param_oid(StoreParams *p, Oid value)
+param_uint64(StoreParams *p, Oid type, uint64 value)
 {
-	uint32		v = pg_hton32((uint32) value);
+	uint64		v = pg_hton64(value);
 
-	param_binary(p, OIDOID, &v, 4);
-}
-
-void
-param_lsn(StoreParams *p, XLogRecPtr value)
-{
-	uint64		v = pg_hton64((uint64) value);
-
-	param_binary(p, LSNOID, &v, 8);
-}
-
-void
-param_ts(StoreParams *p, TimestampTz value)
-{
-	uint64		v = pg_hton64((uint64) value);
-
-	param_binary(p, TIMESTAMPTZOID, &v, 8);
+	param_binary(p, type, &v, 8);
 }
 
 bool

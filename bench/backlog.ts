@@ -133,7 +133,7 @@ export async function writeBacklog(s: IngestSizes, settings: Record<string, stri
     await source.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [ORIGIN_SLOT]);
     await source.query(`SELECT pgtimewarp_track('ingest')`);
     // the store as tracking left it is the template of every drain's store: nobody may stay connected to it
-    await source.query(`SELECT postgres_fdw_disconnect_all()`);
+    await source.query(`SELECT pgtimewarp_disconnect()`);
     await cluster.psql('CREATE EXTENSION pg_stat_statements', 'store');
     const changes = bulkChanges(s) + singleChanges(s);
     progress(section, `writing ${changes.toLocaleString('en-US')} row changes with no agent running`);

@@ -34,6 +34,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION pgtimewarp_ping() IS
     'the store''s server version, read over the connection lookups use; an error says why the store cannot be reached';
 
+CREATE FUNCTION pgtimewarp_disconnect()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'pgtimewarp_disconnect'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION pgtimewarp_disconnect() IS
+    'closes this session''s connection to the store (a later lookup opens one again); false when there was none';
+
 -- The DDL log rows of a transaction whose commit the agent has just decoded.
 -- The walsender can decode a commit before the committing backend leaves the
 -- proc array, so the snapshot's xmax (the next xid it knows of) may still be

@@ -19,7 +19,7 @@
  *	asof.c			asof_pk, asof_pk_lsn, asof_row, asof_pks, asof_table
  *	diff.c			diff_pk
  *	tracking.c		track, untrack, forget, attach
- *	status.c		status, ping
+ *	status.c		status, ping, disconnect
  *	horizon.c		how far history is complete "now"
  *
  *-------------------------------------------------------------------------
@@ -155,6 +155,7 @@ typedef struct StoreStatement
 
 extern void pgtw_store_run(StoreStatement *stmts, int n);
 extern uint64 pgtw_store_snapshot_id(void);
+extern bool pgtw_store_disconnect(void);
 extern void pgtw_store_copy_begin(const char *sql);
 extern void pgtw_store_copy_data(const char *data, int len);
 extern int64 pgtw_store_copy_end(const char *sql);

@@ -576,6 +576,25 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
+/*
+ * Close this backend's store connection, as postgres_fdw_disconnect() does
+ * for its own: false when there was none.  Not while this transaction has
+ * used it: its snapshot, and any writes, belong to the transaction.
+ */
+bool
+pgtw_store_disconnect(void)
+{
+	if (pgtw_conn == NULL)
+		return false;
+	if (xact_open)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot close the pgtimewarp store connection while this transaction uses it"),
+				 errhint("Call pgtimewarp_disconnect() in a transaction that has not read history.")));
+	pgtw_close_connection(false);
+	return true;
+}
+
 void
 pgtw_remote_xact_init(void)
 {

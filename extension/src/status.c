@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * status.c
- *		What is tracked and how far history goes (status), and whether the
- *		store can be reached (ping).
+ *		What is tracked and how far history goes (status), whether the
+ *		store can be reached (ping), and closing this backend's connection
+ *		to it (disconnect).
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +26,7 @@
 
 PG_FUNCTION_INFO_V1(pgtimewarp_status);
 PG_FUNCTION_INFO_V1(pgtimewarp_ping);
+PG_FUNCTION_INFO_V1(pgtimewarp_disconnect);
 
 /*
  * Whether pgtimewarp_status() shows a tracked table to `caller`: when it may
@@ -121,4 +123,16 @@ pgtimewarp_ping(PG_FUNCTION_ARGS)
 
 	pgtw_store_clear(res);
 	PG_RETURN_TEXT_P(version);
+}
+
+/*
+ * pgtimewarp_disconnect() RETURNS boolean: close this backend's store
+ * connection (a later lookup opens a new one); false when there was none.
+ * For a store database that must have no sessions (DROP DATABASE, a
+ * template), or a pooled session going back to its pool.
+ */
+Datum
+pgtimewarp_disconnect(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(pgtw_store_disconnect());
 }

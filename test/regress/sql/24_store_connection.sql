@@ -86,6 +86,16 @@ SELECT k, pgtimewarp_asof_pk('conn_t', jsonb_build_object('id', k), now()) ->> '
 SET pgtimewarp.store_spin = 20000;
 RESET pgtimewarp.store_spin;
 
+-- closing the connection: not while this transaction uses it; then it is
+-- gone, and the next lookup opens one again
+BEGIN;
+SELECT pgtimewarp_asof_pk('conn_t', '{"id": 1}', now()) ->> 'v' AS v;
+SELECT pgtimewarp_disconnect();
+ROLLBACK;
+SELECT pgtimewarp_disconnect() AS closed;
+SELECT pgtimewarp_disconnect() AS closed_again;
+SELECT pgtimewarp_asof_pk('conn_t', '{"id": 1}', now()) ->> 'v' AS v;
+
 SELECT pgtimewarp_untrack('conn_t');
 SELECT pgtimewarp_forget('conn_t') AS forgotten;
 DROP TABLE conn_t;

@@ -10,7 +10,8 @@
  *					user mapping, waiting for answers, errors
  *	remote_xact.c	running statements in a remote transaction tied to the
  *					local one: pipelined batches, savepoints, COPY
- *	store_sql.c		every statement sent to the store, and reading results
+ *	store_sql.c		every statement sent to the store, and reading its results
+ *	store_values.c	parameters in and values out, binary or text
  *	source.c		the source table: privileges, row security, its key,
  *					the node id and the extension owner
  *	keys.c			canonical keys: JSON key -> text[], long keys' digest
@@ -97,8 +98,9 @@ typedef struct Tracking
 
 /*
  * How a time or LSN asked for maps to a position in history.  The store
- * statement computes it (store_sql.c, AT_SQL) and so does resolve_check()
- * from what the statement returns, which gives the warnings and errors.
+ * statement computes it (store_sql.c, AT_TIME and AT_LSN), and so does
+ * resolve_check() from what the statement returns, for the warnings and
+ * errors.
  */
 typedef enum AtBranch
 {
@@ -163,7 +165,7 @@ extern void pgtw_store_clear(PGresult *res);
 extern void pgtw_connection_init(void);
 extern void pgtw_remote_xact_init(void);
 
-/* store_sql.c */
+/* store_sql.c, store_values.c */
 #define VERSION_RESULT_COLUMNS 4	/* version_result() reads this many */
 typedef struct StoreParams
 {
@@ -183,6 +185,7 @@ extern void param_uint64(StoreParams *p, Oid type, uint64 value);
 #define param_ts(p, v) param_uint64((p), TIMESTAMPTZOID, (uint64) (v))
 extern void param_null(StoreParams *p, Oid type);
 extern bool result_null(PGresult *res, int row, int col);
+extern const char *result_binary(PGresult *res, int row, int col, int len);
 extern int32 result_int4(PGresult *res, int row, int col);
 extern int64 result_int8(PGresult *res, int row, int col);
 extern XLogRecPtr result_lsn(PGresult *res, int row, int col);

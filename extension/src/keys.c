@@ -269,13 +269,6 @@ index_key_of(ArrayType *key)
 }
 
 
-/* A text[] as its literal, the form keys are sent to the store in. */
-char *
-text_array_literal(ArrayType *a)
-{
-	return OidOutputFunctionCall(F_ARRAY_OUT, PointerGetDatum(a));
-}
-
 /* pgtimewarp_pk_key(rel regclass, pk jsonb) RETURNS text[] */
 Datum
 pgtimewarp_pk_key(PG_FUNCTION_ARGS)

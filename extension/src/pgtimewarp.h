@@ -5,7 +5,8 @@
  *
  * Where things live (one concern per file):
  *
- *	pgtimewarp.c	module init, small helpers, canonical output settings
+ *	pgtimewarp.c	module init
+ *	util.c			small helpers, canonical output settings
  *	connection.c	the store connection: built from the foreign server and
  *					user mapping, waiting for answers, errors
  *	remote_xact.c	running statements in a remote transaction tied to the
@@ -132,7 +133,7 @@ typedef struct RowVersion
 	Jsonb	   *row_data;		/* NULL for delete and truncate tombstones */
 } RowVersion;
 
-/* pgtimewarp.c */
+/* util.c */
 extern void require_argument(FunctionCallInfo fcinfo, int argno, const char *name);
 extern char *lsn_to_cstring(XLogRecPtr lsn);
 extern char *timestamptz_to_cstring(TimestampTz ts);
@@ -186,6 +187,7 @@ extern void param_uint64(StoreParams *p, Oid type, uint64 value);
 extern void param_null(StoreParams *p, Oid type);
 extern bool result_null(PGresult *res, int row, int col);
 extern const char *result_binary(PGresult *res, int row, int col, int len);
+extern char *text_array_literal(ArrayType *a);
 extern int32 result_int4(PGresult *res, int row, int col);
 extern int64 result_int8(PGresult *res, int row, int col);
 extern XLogRecPtr result_lsn(PGresult *res, int row, int col);
@@ -235,7 +237,6 @@ extern void local_execute(const char *sql, int expected);
 /* keys.c */
 extern ArrayType *encode_pk(Relation rel, TargetTable *target, Jsonb *pk);
 extern ArrayType *index_key_of(ArrayType *key);
-extern char *text_array_literal(ArrayType *a);
 extern Datum normalize_key_value(Datum value, Oid typid);
 
 /* history.c */

@@ -14,6 +14,7 @@
 #include "catalog/pg_type.h"
 #include "port/pg_bswap.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
 
 #include "pgtimewarp.h"
@@ -67,6 +68,13 @@ param_uint64(StoreParams *p, Oid type, uint64 value)
 	uint64		v = pg_hton64(value);
 
 	param_binary(p, type, &v, 8);
+}
+
+/* A text[] as its literal, the form keys are sent to the store in. */
+char *
+text_array_literal(ArrayType *a)
+{
+	return OidOutputFunctionCall(F_ARRAY_OUT, PointerGetDatum(a));
 }
 
 bool

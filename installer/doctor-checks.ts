@@ -674,7 +674,9 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
       await guard('fdw', async () => {
         const probe = await probeStore(src, fn);
         if (probe.ok) {
-          add({ check: 'fdw', status: 'ok', message: `the extension reaches the store through postgres_fdw (${probe.answer})`, figures: probe.figures });
+          // 0.4 on reads the store over its own connection, made from the foreign server and user mapping
+          const route = probe.figures.probe === 'pgtimewarp_ping' ? 'over its own connection' : 'through postgres_fdw';
+          add({ check: 'fdw', status: 'ok', message: `the extension reaches the store ${route} (${probe.answer})`, figures: probe.figures });
         } else {
           add({
             check: 'fdw', status: 'error', message: `${probe.figures.probe}() fails: ${message(probe.error)}`, figures: probe.figures,

@@ -194,7 +194,6 @@ lookup_row(FmgrInfo *flinfo, Relation rel, TargetTable *target,
 	int			col;
 	bool		found;
 	XLogRecPtr	at_lsn;
-
 	LookupCache *known = remembered_lookup(flinfo, target, by_lsn, at_value);
 
 	if (known != NULL)

@@ -33,7 +33,7 @@
 //   - pgtimewarp_asof_pk_lsn, compared as text in SQL (so JSON number
 //     parsing cannot hide a difference): a sample of the changes at their
 //     commit and just before it, and every key at a sample of recorded LSNs
-//     (each lookup costs about 1 ms through postgres_fdw: not all of them);
+//     (each lookup costs a store round trip: not all of them);
 //   - confirmed_flush_lsn of the slot <= the store's checkpoint (after
 //     every kill, and at the end);
 //   - the agent never stopped on its own, logged retries for outages and
@@ -464,7 +464,7 @@ async function verifyHistory(setup: Setup, model: Workload, rand: Random): Promi
 
   // 2. as-of answers through the extension, compared as text: a sample of the
   //    changes at their commit and just before it, and every key at a sample
-  //    of recorded LSNs (about 1 ms each through postgres_fdw: not all of them)
+  //    of recorded LSNs (a store round trip each: not all of them)
   const probes: Array<{ id: number; lsn: string; want: string | null }> = [];
   const sortedChanges = [...model.changes].sort((a, b) => (lsnFromText(a.hi) < lsnFromText(b.hi) ? -1 : lsnFromText(a.hi) > lsnFromText(b.hi) ? 1 : 0));
   const previous = new Map<number, string | null>();

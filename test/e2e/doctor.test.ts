@@ -365,7 +365,7 @@ describe('pgtimewarp doctor\'s store probe (fdw)', () => {
     }
     expect(await fdwFinding()).toMatchObject({
       status: 'ok', figures: { probe: 'pgtimewarp_ping', storeServerVersion: storeVersion },
-      message: `the extension reaches the store through postgres_fdw (pgtimewarp_ping(): the store runs PostgreSQL ${storeVersion})`,
+      message: `the extension reaches the store over its own connection (pgtimewarp_ping(): the store runs PostgreSQL ${storeVersion})`,
     });
     // as an extension older than 0.4 is: no pgtimewarp_ping()
     await source.query(`ALTER EXTENSION pgtimewarp DROP FUNCTION pgtimewarp_ping()`);

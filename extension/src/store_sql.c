@@ -116,21 +116,17 @@
 #define KEY_MATCHES(idx, full) \
 	"v.relation_id = h.relation_id AND v.pk = " idx " AND v.pk_full IS NOT DISTINCT FROM " full
 
-static const char *const lookup_time_sql =
-	TRACKING_CTE
-	"SELECT " TRACKING_COLUMNS ", " AT_COLUMNS("a") ", " GAP_COLUMNS ", " VERSION_COLUMNS
-	"  FROM h" AT_TIME("$6") " a" GAP("a.lsn", "a.lsn")
-	"  LEFT JOIN LATERAL (SELECT " VERSION_COLUMNS " FROM pgtimewarp_store.row_versions v"
-	"  WHERE " KEY_MATCHES("$7::text[]", "$8::text[]") " AND v.valid_from_lsn <= a.lsn"
-	"  ORDER BY v.valid_from_lsn DESC LIMIT 1) v ON true";
+/* one key ($7, $8) at the position `at` stands for (AT_TIME or AT_LSN of $6) */
+#define LOOKUP_SQL(at) \
+	TRACKING_CTE \
+	"SELECT " TRACKING_COLUMNS ", " AT_COLUMNS("a") ", " GAP_COLUMNS ", " VERSION_COLUMNS \
+	"  FROM h" at " a" GAP("a.lsn", "a.lsn") \
+	"  LEFT JOIN LATERAL (SELECT " VERSION_COLUMNS " FROM pgtimewarp_store.row_versions v" \
+	"  WHERE " KEY_MATCHES("$7::text[]", "$8::text[]") " AND v.valid_from_lsn <= a.lsn" \
+	"  ORDER BY v.valid_from_lsn DESC LIMIT 1) v ON true"
 
-static const char *const lookup_lsn_sql =
-	TRACKING_CTE
-	"SELECT " TRACKING_COLUMNS ", " AT_COLUMNS("a") ", " GAP_COLUMNS ", " VERSION_COLUMNS
-	"  FROM h" AT_LSN("$6") " a" GAP("a.lsn", "a.lsn")
-	"  LEFT JOIN LATERAL (SELECT " VERSION_COLUMNS " FROM pgtimewarp_store.row_versions v"
-	"  WHERE " KEY_MATCHES("$7::text[]", "$8::text[]") " AND v.valid_from_lsn <= a.lsn"
-	"  ORDER BY v.valid_from_lsn DESC LIMIT 1) v ON true";
+static const char *const lookup_time_sql = LOOKUP_SQL(AT_TIME("$6"));
+static const char *const lookup_lsn_sql = LOOKUP_SQL(AT_LSN("$6"));
 
 /* many keys at one time: $7 and $8 are arrays of text[] literals, one per key */
 static const char *const lookup_many_sql =

@@ -510,11 +510,7 @@ asof_table_common(FunctionCallInfo fcinfo, bool by_lsn)
 		{
 			/* the cursor and its first rows in one round trip */
 			stmts[0].sql = declare;
-			stmts[0].nparams = p.n;
-			stmts[0].types = p.types;
-			stmts[0].values = p.values;
-			stmts[0].lengths = p.lengths;
-			stmts[0].formats = p.formats;
+			statement_params(&stmts[0], &p);
 		}
 		stmts[first ? 1 : 0].sql = fetch;
 		stmts[first ? 1 : 0].binary_result = true;

@@ -213,6 +213,7 @@ extern PGresult *store_diff(const char *node_id, TargetTable *target, TimestampT
 extern void lookup_result(PGresult *res, int row, Tracking *t, Resolved *at, int *next_col);
 extern void diff_result(PGresult *res, int row, Tracking *t, Resolved *from, Resolved *to,
 						int *next_col);
+extern void statement_params(StoreStatement *s, StoreParams *p);
 extern PGresult *store_write(const char *sql, StoreParams *p);
 extern PGresult *store_read(const char *sql, StoreParams *p);
 extern PGresult *store_read_text(const char *sql, StoreParams *p);

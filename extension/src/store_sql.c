@@ -204,21 +204,36 @@ key_params(StoreParams *p, ArrayType *key)
 		param_text(p, TEXTARRAYOID, text_array_literal(key));
 }
 
+/* `s` with the parameters `p` (none when NULL). */
+void
+statement_params(StoreStatement *s, StoreParams *p)
+{
+	s->nparams = p ? p->n : 0;
+	s->types = p ? p->types : NULL;
+	s->values = p ? p->values : NULL;
+	s->lengths = p ? p->lengths : NULL;
+	s->formats = p ? p->formats : NULL;
+}
+
+/* Run one statement (prepared once per connection when named); returns its result. */
 static PGresult *
-run_read(const char *name, const char *sql, StoreParams *p)
+run_one(const char *name, const char *sql, StoreParams *p, bool binary, bool write)
 {
 	StoreStatement s = {0};
 
 	s.name = name;
 	s.sql = sql;
-	s.nparams = p->n;
-	s.types = p->types;
-	s.values = p->values;
-	s.lengths = p->lengths;
-	s.formats = p->formats;
-	s.binary_result = true;
+	statement_params(&s, p);
+	s.binary_result = binary;
+	s.write = write;
 	pgtw_store_run(&s, 1);
 	return s.result;
+}
+
+static PGresult *
+run_read(const char *name, const char *sql, StoreParams *p)
+{
+	return run_one(name, sql, p, true, false);
 }
 
 /*
@@ -480,34 +495,14 @@ store_tracking_by_name(const char *node_id, TargetTable *target)
 PGresult *
 store_write(const char *sql, StoreParams *p)
 {
-	StoreStatement s = {0};
-
-	s.sql = sql;
-	s.nparams = p->n;
-	s.types = p->types;
-	s.values = p->values;
-	s.lengths = p->lengths;
-	s.formats = p->formats;
-	s.binary_result = true;
-	s.write = true;
-	pgtw_store_run(&s, 1);
-	return s.result;
+	return run_one(NULL, sql, p, true, true);
 }
 
 /* Run one statement whose text result the caller reads (status, ping). */
 PGresult *
 store_read_text(const char *sql, StoreParams *p)
 {
-	StoreStatement s = {0};
-
-	s.sql = sql;
-	s.nparams = p ? p->n : 0;
-	s.types = p ? p->types : NULL;
-	s.values = p ? p->values : NULL;
-	s.lengths = p ? p->lengths : NULL;
-	s.formats = p ? p->formats : NULL;
-	pgtw_store_run(&s, 1);
-	return s.result;
+	return run_one(NULL, sql, p, false, false);
 }
 
 /* Run one reading statement with binary results. */

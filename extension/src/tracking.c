@@ -523,11 +523,7 @@ pgtimewarp_forget(PG_FUNCTION_ARGS)
 	memset(stmts, 0, sizeof(stmts));
 	for (int i = 0; i < 2; i++)
 	{
-		stmts[i].nparams = p.n;
-		stmts[i].types = p.types;
-		stmts[i].values = p.values;
-		stmts[i].lengths = p.lengths;
-		stmts[i].formats = p.formats;
+		statement_params(&stmts[i], &p);
 		stmts[i].write = true;
 	}
 	stmts[0].sql = "DELETE FROM pgtimewarp_store.row_versions WHERE relation_id = $1";
